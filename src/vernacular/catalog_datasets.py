@@ -1,0 +1,58 @@
+"""Kedro datasets for artefacts that are directories (a saved PEFT adapter)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
+
+
+class AdapterDataset(AbstractVersionedDataset[Any, str]):
+    """A PEFT adapter directory (`adapter_config.json` + `adapter_model.safetensors`, plus any
+    extra files such as an adapter card).
+
+    save: takes a PeftModel, or a dict {"model": PeftModel, "files": {name: text}}.
+    load: returns the directory path as a string (load it with `PeftModel.from_pretrained`).
+    Saving writes to a temporary folder and renames it into place, so a crash never leaves a
+    half-written adapter.
+    """
+
+    def __init__(self, filepath: str, version: Version | None = None, metadata: dict | None = None) -> None:
+        super().__init__(filepath=PurePosixPath(filepath), version=version, exists_function=os.path.exists,
+                         glob_function=lambda pattern: sorted(glob.glob(pattern)))
+        self.metadata = metadata
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath), "version": self._version}
+
+    def load(self) -> str:
+        path = Path(self._get_load_path())
+        if not (path / "adapter_config.json").is_file():
+            raise DatasetError(f"{path}: not a PEFT adapter directory (no adapter_config.json)")
+        return str(path.resolve())
+
+    def save(self, data: Any) -> None:
+        model, files = (data["model"], data.get("files", {})) if isinstance(data, dict) else (data, {})
+        target = Path(self._get_save_path())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+        try:
+            model.save_pretrained(str(tmp))
+            for name, text in files.items():
+                (tmp / name).write_text(text, encoding="utf-8")
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _exists(self) -> bool:
+        try:
+            path = self._get_load_path()
+        except DatasetError:
+            return False
+        return (Path(path) / "adapter_config.json").is_file()

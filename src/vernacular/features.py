@@ -1,0 +1,139 @@
+"""Whisper log-mel features and label token ids, cached by content fingerprint.
+
+Each utterance's log-mel is stored trimmed to the frames that carry audio, in float16, with the
+constant value that Whisper's feature extractor gives the padded tail; `pad_features` rebuilds
+the exact 3000-frame input. This keeps the cache ~6x smaller than padded features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from vernacular.audio import TARGET_SAMPLE_RATE, read_audio
+
+FEATURE_FORMAT_VERSION = 1
+HOP_LENGTH = 160
+WINDOW_HALF = 200  # half of Whisper's 400-sample STFT window
+
+
+def label_ids(tokenizer, text: str) -> list[int]:
+    """Token ids [<|startoftranscript|>, <|notimestamps|>, ...text..., <|endoftext|>].
+
+    Whisper transcripts start with a space, so one is prepended.
+    """
+    ids = tokenizer(" " + text.strip()).input_ids
+    if ids[-1] != tokenizer.eos_token_id:
+        ids = ids + [tokenizer.eos_token_id]
+    return ids
+
+
+def manifest_fingerprint(manifest: pd.DataFrame, processor, params: dict) -> str:
+    """Hash of everything the features depend on: rows, audio files, processor, parameters."""
+    digest = hashlib.sha256()
+    digest.update(f"v{FEATURE_FORMAT_VERSION}".encode())
+    digest.update(json.dumps(processor.feature_extractor.to_dict(), sort_keys=True, default=str).encode())
+    digest.update(str(len(processor.tokenizer)).encode())
+    digest.update(json.dumps(params, sort_keys=True, default=str).encode())
+    for row in manifest.sort_values("utterance_id").to_dict("records"):
+        stat = os.stat(row["audio_path"])
+        digest.update(f"{row['utterance_id']}|{row['split']}|{row['text']}|{row['audio_path']}|"
+                      f"{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def compute_log_mel(feature_extractor, audios: list[np.ndarray]) -> list[tuple[torch.Tensor, float]]:
+    """Trimmed log-mel (n_mels, frames) in float16 and the padding value, per clip."""
+    batch = feature_extractor(audios, sampling_rate=TARGET_SAMPLE_RATE, return_tensors="np").input_features
+    n_frames_total = batch.shape[-1]
+    out = []
+    for audio, features in zip(audios, batch):
+        keep = min(n_frames_total, math.ceil((len(audio) + WINDOW_HALF) / HOP_LENGTH) + 1)
+        pad_value = float(features[:, -1].max()) if keep < n_frames_total else 0.0
+        out.append((torch.from_numpy(features[:, :keep].copy()).to(torch.float16), pad_value))
+    return out
+
+
+def pad_features(trimmed: list[torch.Tensor], pad_values: list[float], n_frames: int = 3000) -> torch.Tensor:
+    """Rebuild a (batch, n_mels, n_frames) float32 tensor from trimmed features."""
+    n_mels = trimmed[0].shape[0]
+    out = torch.empty(len(trimmed), n_mels, n_frames, dtype=torch.float32)
+    for i, (features, pad) in enumerate(zip(trimmed, pad_values)):
+        frames = min(features.shape[1], n_frames)
+        out[i, :, :frames] = features[:, :frames].float()
+        out[i, :, frames:] = pad
+    return out
+
+
+def extract_features(manifest: pd.DataFrame, processor, cache_dir: str | Path, splits=("train", "validation"),
+                     batch_size: int = 16, max_label_tokens: int = 440, progress: bool = True) -> dict:
+    """Compute (or reuse) features for `splits`; return the index describing the cache entry.
+
+    The cache entry is `cache_dir/<fingerprint>/` with one `<split>.pt` per split. When it already
+    exists the work is skipped and `reused` is True in the returned index.
+    """
+    from tqdm.auto import tqdm
+
+    params = {"splits": list(splits), "max_label_tokens": max_label_tokens}
+    rows = manifest[manifest["split"].isin(splits)]
+    fingerprint = manifest_fingerprint(rows, processor, params)
+    cache_dir = Path(cache_dir)
+    entry = cache_dir / fingerprint
+    index_path = entry / "index.json"
+    if index_path.is_file():
+        index = json.loads(index_path.read_text())
+        index["reused"] = True
+        return index
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{fingerprint}."))
+    skipped, counts = [], {}
+    try:
+        for split in splits:
+            part = rows[rows["split"] == split].sort_values("utterance_id")
+            record = {"utterance_ids": [], "features": [], "pad_values": [], "labels": [], "durations": [],
+                      "speakers": []}
+            records = part.to_dict("records")
+            for start in tqdm(range(0, len(records), batch_size), desc=f"features {split}", disable=not progress):
+                chunk = records[start:start + batch_size]
+                audios = [read_audio(r["audio_path"]) for r in chunk]
+                for row, (features, pad), audio in zip(chunk, compute_log_mel(processor.feature_extractor, audios),
+                                                       audios):
+                    ids = label_ids(processor.tokenizer, row["text"])
+                    if len(ids) > max_label_tokens:
+                        skipped.append({"utterance_id": row["utterance_id"], "split": split,
+                                        "reason": f"transcript is {len(ids)} tokens > {max_label_tokens}"})
+                        continue
+                    record["utterance_ids"].append(row["utterance_id"])
+                    record["features"].append(features)
+                    record["pad_values"].append(pad)
+                    record["labels"].append(ids)
+                    record["durations"].append(len(audio) / TARGET_SAMPLE_RATE)
+                    record["speakers"].append(row["speaker"])
+            torch.save(record, tmp / f"{split}.pt")
+            counts[split] = len(record["utterance_ids"])
+        index = {"fingerprint": fingerprint, "path": str(entry.resolve()), "splits": list(splits),
+                 "counts": counts, "skipped": skipped, "n_mels": int(processor.feature_extractor.feature_size),
+                 "n_frames": int(processor.feature_extractor.nb_max_frames), "format_version": FEATURE_FORMAT_VERSION}
+        (tmp / "index.json").write_text(json.dumps(index, indent=2))
+        os.replace(tmp, entry)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    index["reused"] = False
+    return index
+
+
+def load_split(index: dict, split: str) -> dict:
+    path = Path(index["path"]) / f"{split}.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: feature cache entry is missing; rerun the features stage")
+    return torch.load(path, weights_only=True)

@@ -1,0 +1,27 @@
+"""Features nodes: resolve the base model, then cached log-mel features and label ids."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from vernacular.features import extract_features
+from vernacular.models import load_whisper, resolve_base_model
+
+log = logging.getLogger(__name__)
+
+
+def prepare_base_model(model: dict) -> dict:
+    """Resolve `model.base_model` (embedded default, local directory or hub id) to a loadable location."""
+    return resolve_base_model(model["base_model"], model["cache_dir"])
+
+
+def build_features(manifest: pd.DataFrame, base_model: dict, features: dict, storage: dict) -> dict:
+    """Log-mel features and label ids for the training splits; reused when inputs are unchanged."""
+    _, processor = load_whisper(base_model)
+    index = extract_features(manifest, processor, storage["feature_cache_dir"], splits=tuple(features["splits"]),
+                             batch_size=features["batch_size"], max_label_tokens=features["max_label_tokens"])
+    log.info("features %s: %s (%s)", index["fingerprint"], index["counts"],
+             "reused cache" if index["reused"] else "computed")
+    return index
