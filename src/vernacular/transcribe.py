@@ -19,6 +19,8 @@ class DecodeSettings:
     max_tokens_per_second: float = 7.0
     min_new_tokens_cap: int = 16
     no_repeat_ngram_size: int = 0
+    # Loops that survive the cap ("no, no, no, ...") are cut to this many repeats (0: keep as is).
+    max_ngram_repeats: int = 2
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "DecodeSettings":
@@ -51,9 +53,50 @@ def transcribe(model, processor, audios: list[np.ndarray], settings: DecodeSetti
         kwargs = {"max_new_tokens": max_new_tokens_for(longest, settings), "num_beams": settings.num_beams}
         if settings.no_repeat_ngram_size:
             kwargs["no_repeat_ngram_size"] = settings.no_repeat_ngram_size
-        tokens = model.generate(input_features=features, **kwargs)
-        texts.extend(t.strip() for t in processor.tokenizer.batch_decode(tokens, skip_special_tokens=True))
+        tokens = _quiet_generate(model, features, kwargs)
+        decoded = processor.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        texts.extend(collapse_repeats(t.strip(), settings.max_ngram_repeats) for t in decoded)
     return texts
+
+
+def collapse_repeats(text: str, max_repeats: int, max_ngram: int = 8) -> str:
+    """Cut any run of a word n-gram (n <= max_ngram) repeated back to back to `max_repeats` copies.
+
+    A decoding guard, applied to every model alike: a looping hypothesis otherwise adds dozens
+    of insertions to one utterance and dominates a group's WER.
+    """
+    if max_repeats <= 0:
+        return text
+    words = text.split()
+    changed = True
+    while changed:
+        changed = False
+        for n in range(1, max_ngram + 1):
+            i = 0
+            while i + n * (max_repeats + 1) <= len(words):
+                unit = [w.strip(",.;:!?").lower() for w in words[i:i + n]]
+                count = 1
+                while words[i + count * n:i + (count + 1) * n] and \
+                        [w.strip(",.;:!?").lower() for w in words[i + count * n:i + (count + 1) * n]] == unit:
+                    count += 1
+                if count > max_repeats:
+                    del words[i + max_repeats * n:i + count * n]
+                    changed = True
+                i += 1
+    return " ".join(words)
+
+
+def _quiet_generate(model, features, kwargs):
+    # transformers' own Whisper generate() warns on every call about arguments it sets itself
+    # (suppress_tokens, max_length next to max_new_tokens); keep the log readable.
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return model.generate(input_features=features, **kwargs)
+    finally:
+        hf_logging.set_verbosity(previous)
 
 
 def build_segments(audios: list[np.ndarray], target_seconds: float = 28.0, gap_seconds: float = 0.3,

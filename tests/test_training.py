@@ -1,0 +1,89 @@
+"""Adapter training on a tiny Whisper: loss falls, resume equals an uninterrupted run, PEFT format."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from peft import PeftModel, get_peft_model_state_dict
+from transformers import WhisperProcessor
+
+from vernacular.audio import write_wav
+from vernacular.catalog_datasets import AdapterDataset
+from vernacular.features import extract_features
+from vernacular.models import load_whisper
+from vernacular.training import LoraSettings, TrainSettings, latest_checkpoint, train_lora_adapter
+
+
+@pytest.fixture(scope="module")
+def features_index(tmp_path_factory, tiny_whisper, speech_clips):
+    folder = tmp_path_factory.mktemp("train-data")
+    rows = []
+    for i, (text, audio) in enumerate(speech_clips):
+        rows.append({"utterance_id": f"u{i}", "audio_path": str(write_wav(folder / f"{i}.wav", audio)), "text": text,
+                     "speaker": "v", "split": "train" if i < 3 else "validation"})
+    processor = WhisperProcessor.from_pretrained(tiny_whisper["local_dir"])
+    return extract_features(pd.DataFrame(rows), processor, folder / "cache", progress=False)
+
+
+def settings(**overrides) -> TrainSettings:
+    values = dict(epochs=8, batch_size=3, learning_rate=3e-2, warmup_ratio=0.0, checkpoint_every_steps=2,
+                  device="cpu", progress=False, seed=3)
+    values.update(overrides)
+    return TrainSettings(**values)
+
+
+LORA = LoraSettings(r=4, alpha=8, dropout=0.1, target_modules=["q_proj", "v_proj"])
+
+
+def test_loss_falls_and_only_the_adapter_trains(tiny_whisper, features_index, tmp_path):
+    model, metrics = train_lora_adapter(tiny_whisper, features_index, settings(), LORA, tmp_path / "ckpt")
+    assert metrics["completed"] and metrics["steps"] == 8
+    assert metrics["final_loss"] < metrics["first_loss"] - 0.2, metrics["losses"]
+    assert 0 < metrics["trainable_params"] < 0.05 * metrics["total_params"]
+    assert metrics["trainable_fraction"] == metrics["trainable_params"] / metrics["total_params"]
+    assert metrics["validation_losses"] and metrics["validation_losses"][-1]["loss"] is not None
+    assert all(not p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+    assert metrics["device"] == "cpu" and metrics["device_hours"] > 0
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tiny_whisper, features_index, tmp_path):
+    # 3 steps per epoch, 6 in all; checkpoints every 2 steps and at each epoch end (2, 3, 4, 6)
+    config = settings(epochs=2, batch_size=1)
+    straight, straight_metrics = train_lora_adapter(tiny_whisper, features_index, config, LORA, tmp_path / "a")
+    _, partial = train_lora_adapter(tiny_whisper, features_index, config, LORA, tmp_path / "b", stop_after_steps=5)
+    assert not partial["completed"] and partial["steps"] == 5
+    # the run stopped after step 5, which was not checkpointed: resuming redoes it from step 4
+    assert latest_checkpoint(tmp_path / "b" / partial["run_id"]).name == "step-0000004"
+    resumed, resumed_metrics = train_lora_adapter(tiny_whisper, features_index, config, LORA, tmp_path / "b")
+    assert resumed_metrics["resumed_from"] == "step-0000004" and resumed_metrics["completed"]
+    assert resumed_metrics["losses"] == straight_metrics["losses"]
+    a, b = get_peft_model_state_dict(straight), get_peft_model_state_dict(resumed)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_adapter_is_saved_in_plain_peft_format_and_reloads(tiny_whisper, features_index, tmp_path):
+    model, _ = train_lora_adapter(tiny_whisper, features_index, settings(epochs=1), LORA, tmp_path / "ckpt")
+    dataset = AdapterDataset(filepath=str(tmp_path / "adapter"))
+    dataset.save({"model": model, "files": {"NOTE.md": "hello"}})
+    path = dataset.load()
+    files = {p.name for p in (tmp_path / "adapter").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "NOTE.md"} <= files
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 4
+    assert config["base_model_name_or_path"] == tiny_whisper["local_dir"]
+    base, _ = load_whisper(tiny_whisper)
+    reloaded = PeftModel.from_pretrained(base, path)
+    saved = get_peft_model_state_dict(model)
+    loaded = get_peft_model_state_dict(reloaded)
+    assert all(torch.equal(saved[k].cpu(), loaded[k].cpu()) for k in saved)
+
+
+def test_bad_settings_are_rejected():
+    with pytest.raises(ValueError, match="unknown training setting"):
+        TrainSettings.from_dict({"epochs": 1, "learning_rte": 0.1})
+    with pytest.raises(ValueError, match="epochs"):
+        TrainSettings.from_dict({"epochs": 0})
