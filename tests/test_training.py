@@ -87,3 +87,22 @@ def test_bad_settings_are_rejected():
         TrainSettings.from_dict({"epochs": 1, "learning_rte": 0.1})
     with pytest.raises(ValueError, match="epochs"):
         TrainSettings.from_dict({"epochs": 0})
+
+
+def test_augmented_training_is_reproducible_across_resume(tiny_whisper, features_index, tmp_path):
+    from vernacular.augment import AugmentSettings
+
+    augmentation = AugmentSettings(enabled=True, noise_snr_db=20.0, freq_mask_param=10, time_mask_param=30)
+    config = settings(epochs=1, batch_size=1)
+    straight, a_metrics = train_lora_adapter(tiny_whisper, features_index, config, LORA, tmp_path / "a",
+                                             augmentation=augmentation)
+    plain, plain_metrics = train_lora_adapter(tiny_whisper, features_index, config, LORA, tmp_path / "p")
+    assert a_metrics["losses"] != plain_metrics["losses"]  # the augmentation is really applied
+    assert a_metrics["run_id"] != plain_metrics["run_id"]
+    train_lora_adapter(tiny_whisper, features_index, config, LORA, tmp_path / "b", stop_after_steps=1,
+                       augmentation=augmentation)
+    resumed, b_metrics = train_lora_adapter(tiny_whisper, features_index, config, LORA, tmp_path / "b",
+                                            augmentation=augmentation)
+    assert b_metrics["losses"] == a_metrics["losses"]
+    a, b = get_peft_model_state_dict(straight), get_peft_model_state_dict(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)

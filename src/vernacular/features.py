@@ -21,7 +21,7 @@ import torch
 
 from vernacular.audio import TARGET_SAMPLE_RATE, read_audio
 
-FEATURE_FORMAT_VERSION = 1
+FEATURE_FORMAT_VERSION = 2
 HOP_LENGTH = 160
 WINDOW_HALF = 200  # half of Whisper's 400-sample STFT window
 
@@ -100,7 +100,7 @@ def extract_features(manifest: pd.DataFrame, processor, cache_dir: str | Path, s
         for split in splits:
             part = rows[rows["split"] == split].sort_values("utterance_id")
             record = {"utterance_ids": [], "features": [], "pad_values": [], "labels": [], "durations": [],
-                      "speakers": []}
+                      "speakers": [], "audio_paths": []}
             records = part.to_dict("records")
             for start in tqdm(range(0, len(records), batch_size), desc=f"features {split}", disable=not progress):
                 chunk = records[start:start + batch_size]
@@ -118,6 +118,7 @@ def extract_features(manifest: pd.DataFrame, processor, cache_dir: str | Path, s
                     record["labels"].append(ids)
                     record["durations"].append(len(audio) / TARGET_SAMPLE_RATE)
                     record["speakers"].append(row["speaker"])
+                    record["audio_paths"].append(row["audio_path"])
             torch.save(record, tmp / f"{split}.pt")
             counts[split] = len(record["utterance_ids"])
         index = {"fingerprint": fingerprint, "path": str(entry.resolve()), "splits": list(splits),

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vernacular.audio import read_audio
+from vernacular.augment import AugmentSettings, augmented_example
 from vernacular.features import load_split, pad_features
 from vernacular.models import device_name, load_whisper, pick_device
 
@@ -84,8 +86,13 @@ def collate(batch: list[dict], pad_token_id: int, n_frames: int = 3000) -> dict:
 
 
 def _examples(split: dict) -> list[dict]:
-    return [{"features": f, "pad_value": p, "labels": l}
-            for f, p, l in zip(split["features"], split["pad_values"], split["labels"])]
+    return [{"features": f, "pad_value": p, "labels": l, "audio_path": a}
+            for f, p, l, a in zip(split["features"], split["pad_values"], split["labels"], split["audio_paths"])]
+
+
+def _augmented(example: dict, feature_extractor, augmentation: AugmentSettings, seed: int) -> dict:
+    features, pad_value = augmented_example(read_audio(example["audio_path"]), feature_extractor, augmentation, seed)
+    return {**example, "features": features, "pad_value": pad_value}
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -101,10 +108,13 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
 
 
-def run_fingerprint(base_model: dict, features_index: dict, settings: TrainSettings, lora: LoraSettings) -> str:
+def run_fingerprint(base_model: dict, features_index: dict, settings: TrainSettings, lora: LoraSettings,
+                    augmentation: AugmentSettings | None = None) -> str:
     payload = {"base": base_model["name_or_path"], "features": features_index["fingerprint"],
                "train": {k: v for k, v in asdict(settings).items() if k not in ("progress", "num_threads", "device")},
                "lora": asdict(lora)}
+    if augmentation is not None and augmentation.enabled:
+        payload["augmentation"] = asdict(augmentation)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -159,12 +169,15 @@ def _validation_loss(model, examples, batch_size, pad_id, device, autocast_ctx, 
 
 
 def train_lora_adapter(base_model: dict, features_index: dict, settings: TrainSettings, lora: LoraSettings,
-                       checkpoint_root: str | Path, stop_after_steps: int | None = None):
+                       checkpoint_root: str | Path, stop_after_steps: int | None = None,
+                       augmentation: AugmentSettings | None = None):
     """Train a LoRA adapter; returns (peft_model, metrics).
 
     Checkpoints go to `checkpoint_root/<run fingerprint>/`; a rerun with the same inputs and
     settings resumes from the newest checkpoint (a finished run resumes at its end and returns
-    at once). `stop_after_steps` ends the run early (as a crash would) for tests.
+    at once). `stop_after_steps` ends the run early (as a crash would) for tests. With
+    `augmentation.enabled`, training examples are rebuilt from their audio at every step
+    (speed, noise, SpecAugment), seeded per (seed, epoch, example) so resume stays exact.
     """
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
     from tqdm.auto import tqdm
@@ -202,7 +215,8 @@ def train_lora_adapter(base_model: dict, features_index: dict, settings: TrainSe
     scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total_steps), total_steps)
     autocast_ctx, scaler = _autocast(device, settings.precision)
 
-    run_id = run_fingerprint(base_model, features_index, settings, lora)
+    augmentation = augmentation or AugmentSettings()
+    run_id = run_fingerprint(base_model, features_index, settings, lora, augmentation)
     checkpoint_dir = Path(checkpoint_root) / run_id
     state = {"step": 0, "epoch": 0, "losses": [], "validation_losses": [], "train_seconds": 0.0,
              "samples_seen": 0, "run_id": run_id, "resumed_from": None}
@@ -233,8 +247,12 @@ def train_lora_adapter(base_model: dict, features_index: dict, settings: TrainSe
         order = _epoch_order(len(train), settings.seed, epoch)
         position = state["step"] % steps_per_epoch
         batch_ids = order[position * settings.batch_size:(position + 1) * settings.batch_size]
-        batch = {k: v.to(device, non_blocking=True)
-                 for k, v in collate([train[i] for i in batch_ids], pad_id, n_frames).items()}
+        examples = [train[i] for i in batch_ids]
+        if augmentation.enabled:
+            examples = [_augmented(ex, processor.feature_extractor, augmentation,
+                                   (settings.seed * 1_000_003 + epoch) * 1_000_003 + i)
+                        for ex, i in zip(examples, batch_ids)]
+        batch = {k: v.to(device, non_blocking=True) for k, v in collate(examples, pad_id, n_frames).items()}
         with autocast_ctx:
             loss = model(**batch).loss
         if scaler:
@@ -294,6 +312,7 @@ def train_lora_adapter(base_model: dict, features_index: dict, settings: TrainSe
         "resumed_from": state["resumed_from"],
         "settings": asdict(settings),
         "adapter": {"method": "lora", **asdict(lora)},
+        "augmentation": asdict(augmentation),
     }
     model.eval()
     return model, metrics
