@@ -11,7 +11,7 @@ from vernacular.pipelines.reporting import pipeline as reporting
 from vernacular.pipelines.training import pipeline as training
 
 # A vertical is a parameters block in conf/ (named like the vertical) plus a line here.
-VERTICALS = ("radiology",)
+VERTICALS = ("radiology", "finance", "accent")
 
 # Parameters shared by every vertical (not namespaced).
 SHARED_PARAMETERS = {"params:prices": "params:prices"}

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from vernacular.corpus import SyntheticCorpusSettings, build_synthetic_corpus
-from vernacular.manifest import AudioLimits, ManifestError, read_manifest, resolve_rows, split_manifest, \
-    validate_and_normalise
+from vernacular.manifest import AudioLimits, ManifestError, default_root, read_manifest, resolve_rows, \
+    split_manifest, validate_and_normalise
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +18,9 @@ def load_source(source: dict, split: dict, storage: dict) -> pd.DataFrame:
     """Read the configured source into manifest rows (absolute paths, `corpus_root`, `parse_error`).
 
     source.kind: `synthetic` (espeak-ng corpus, built and cached on first use) or `manifest`
-    (a CSV/TSV/JSONL file of the user's own recordings).
+    (the user's own recordings: `source.path` is a CSV/TSV/JSONL/NeMo manifest file, a Kaldi data
+    directory or a Hugging Face audiofolder; `source.format` names it, `auto` by default). Relative
+    audio paths resolve against `source.root`, by default the manifest's folder or the directory itself.
     """
     kind = source.get("kind")
     if kind == "synthetic":
@@ -29,10 +31,11 @@ def load_source(source: dict, split: dict, storage: dict) -> pd.DataFrame:
         fmt, root = "csv", path.parent
     elif kind == "manifest":
         if not source.get("path"):
-            raise ManifestError("source.kind is `manifest` but source.path is not set; point it at your manifest")
+            raise ManifestError("source.kind is `manifest` but source.path is not set; point it at your manifest "
+                                "file or corpus directory")
         path = Path(source["path"])
-        fmt = source.get("format", "auto")
-        root = Path(source.get("root") or path.parent)
+        fmt = source.get("format") or "auto"
+        root = Path(source.get("root") or default_root(path))
     else:
         raise ValueError(f"source.kind must be `synthetic` or `manifest`, got {kind!r}")
     rows, unreadable = read_manifest(path, fmt)

@@ -37,6 +37,7 @@ def report_costs(training_metrics: dict, eval_metrics: dict, prices: dict, cost:
         vendor_usd_per_audio_minute=float(vendor["usd"]),
         monthly_audio_hours=float(cost["monthly_audio_hours"]),
         sources={
+            "device": "the device the run measured (training and inference)",
             "training_device_hours": f"measured: training run {training_metrics['run_id']} "
                                      f"({training_metrics['train_seconds']:.0f} s on {training_metrics['device_name']})",
             "inference_rtf": f"measured: merged adapter, batch 1, {latency['segments']} segments of "
