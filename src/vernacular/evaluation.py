@@ -27,6 +27,7 @@ class EvaluationSettings:
     latency_repeats: int = 2
     max_utterances: int | None = None
     substitution_examples: int = 15
+    group_columns: list[str] = field(default_factory=lambda: ["speaker"])
     progress: bool = True
 
     @classmethod
@@ -78,7 +79,11 @@ def evaluate_adapter(test: pd.DataFrame, base_model: dict, adapter_dir: str,
     merged_texts = latency["adapter"].pop("texts")
     latency["base"].pop("texts")
 
-    transcripts = rows[["utterance_id", "speaker", "audio_path", "duration"]].copy()
+    missing = [c for c in settings.group_columns if c not in rows]
+    if missing:
+        raise ValueError(f"evaluation.group_columns {missing} are not manifest columns; available: {list(rows.columns)}")
+    extra = [c for c in settings.group_columns if c != "speaker"]
+    transcripts = rows[["utterance_id", "speaker", *extra, "audio_path", "duration"]].copy()
     transcripts["reference"] = rows["text"]
     transcripts["base"] = results["base"]
     transcripts["adapter"] = results["adapter"]
@@ -87,7 +92,7 @@ def evaluate_adapter(test: pd.DataFrame, base_model: dict, adapter_dir: str,
                "device": device.type, "device_name": device_name(device)}
     for name in ("base", "adapter"):
         frame = transcripts.rename(columns={name: "hypothesis"})
-        metrics[name] = evaluate(frame, group_cols=("speaker",), normaliser=settings.normaliser)
+        metrics[name] = evaluate(frame, group_cols=tuple(settings.group_columns), normaliser=settings.normaliser)
         metrics[name]["batch_seconds"] = results[name + "_seconds"]
         metrics[name]["batch_real_time_factor"] = results[name + "_seconds"] / audio_seconds
     base_wer = metrics["base"]["normalised"]["wer"]
@@ -138,6 +143,13 @@ def render_summary(metrics: dict, training: dict, vertical: str) -> str:
         other = adapter["by_speaker"][speaker]
         lines.append(f"| {speaker} | {values['normalised']['n_utterances']} | {_pct(values['normalised']['wer'])} | "
                      f"{_pct(other['normalised']['wer'])} |")
+    for column in [c for c in metrics["base"] if c.startswith("by_") and c != "by_speaker"]:
+        lines += ["", f"## By {column[3:]} (normalised WER)", "", f"| {column[3:]} | utterances | base | adapter |",
+                  "|---|---|---|---|"]
+        for value, values in base[column].items():
+            other = adapter[column][value]
+            lines.append(f"| {value} | {values['normalised']['n_utterances']} | {_pct(values['normalised']['wer'])} | "
+                         f"{_pct(other['normalised']['wer'])} |")
     lat = metrics["latency"]
     lines += ["", f"## Latency per ~{lat['base']['mean_segment_seconds']:.0f}-s segment (batch 1, "
               f"{lat['base']['segments']} segments)", "", "| model | s/segment | real-time factor |", "|---|---|---|"]

@@ -560,14 +560,18 @@ def split_manifest(clean: pd.DataFrame, by: str, validation_fraction: float, tes
     """Add a `split` column. Returns (manifest with split, rows rejected by the split rule).
 
     by: "sentence" (all readings of one normalised sentence share a split), "speaker"
-    (speaker-disjoint) or "utterance". Speakers in `test_only_speakers` are held out for test:
-    with by="sentence" their rows on non-test sentences are rejected, so no test sentence or
-    held-out voice is ever trained on.
+    (speaker-disjoint), "utterance", or "given" (keep the corpus's own split from the
+    `given_split` column, e.g. speechocean762's train/test folders; validation is carved out of
+    the given training rows by speaker hash when the corpus gives none). Speakers in
+    `test_only_speakers` are held out for test: with by="sentence" their rows on non-test
+    sentences are rejected, so no test sentence or held-out voice is ever trained on.
     """
     keys = {"sentence": lambda r: normalise_key(r["text"]), "speaker": lambda r: r["speaker"],
             "utterance": lambda r: r["utterance_id"]}
+    if by == "given":
+        return _given_split(clean, validation_fraction, salt)
     if by not in keys:
-        raise ValueError(f"split.by must be one of {sorted(keys)}, got {by!r}")
+        raise ValueError(f"split.by must be one of {sorted([*keys, 'given'])}, got {by!r}")
     if by == "speaker" and set(clean["speaker"]) <= {"unknown"}:
         log.warning("split.by=speaker but no speakers are known: splitting by utterance instead")
         by = "utterance"
@@ -584,3 +588,21 @@ def split_manifest(clean: pd.DataFrame, by: str, validation_fraction: float, tes
         frame = frame[~(in_held & (frame["split"] != "test"))]
     rejected["reason"] = "held-out test speaker on a non-test sentence"
     return frame.reset_index(drop=True), rejected.drop(columns=["split"]).reset_index(drop=True)
+
+
+def _given_split(clean: pd.DataFrame, validation_fraction: float, salt: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    if "given_split" not in clean:
+        raise ValueError("split.by=given needs a split per source part: give each entry of source.parts a "
+                         "`split` (train, validation or test)")
+    frame = clean.copy()
+    given = frame["given_split"].astype(str)
+    known = given.isin(SPLITS)
+    frame["split"] = given
+    if not (given == "validation").any():
+        carve = known & (given == "train")
+        frame.loc[carve, "split"] = [
+            "validation" if assign_split(s, validation_fraction, 0.0, salt) == "validation" else "train"
+            for s in frame.loc[carve, "speaker"]]
+    rejected = frame[~known].drop(columns=["split"]).copy()
+    rejected["reason"] = "no given split for this row (source part without `split`)"
+    return frame[known].reset_index(drop=True), rejected.reset_index(drop=True)

@@ -35,6 +35,9 @@ https://docs.kedro.org/en/stable/configure/configuration_basics/#configuration""
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
+    # An environment (conf/local, conf/speechocean) overrides single keys of a vertical's block
+    # instead of replacing the whole block.
+    "merge_strategy": {"parameters": "soft"},
     # "config_patterns": {
     #     "spark" : ["spark*/"],
     #     "parameters": ["parameters*", "parameters*/**", "**/parameters*"],
