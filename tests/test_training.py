@@ -106,3 +106,44 @@ def test_augmented_training_is_reproducible_across_resume(tiny_whisper, features
     assert b_metrics["losses"] == a_metrics["losses"]
     a, b = get_peft_model_state_dict(straight), get_peft_model_state_dict(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "ia3"])
+def test_each_adapter_method_trains_saves_and_reloads(method, tiny_whisper, features_index, tmp_path):
+    from vernacular.training import lora_from_dict
+
+    adapter = lora_from_dict({"method": method, "r": 4, "alpha": 8, "dropout": 0.0,
+                              "target_modules": ["k_proj", "v_proj", "fc2"] if method == "ia3" else ["q_proj", "v_proj"]})
+    model, metrics = train_lora_adapter(tiny_whisper, features_index, settings(epochs=2), adapter, tmp_path / "c")
+    assert metrics["final_loss"] < metrics["first_loss"]
+    assert metrics["trainable_params"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    config_type = {"lora": "LORA", "dora": "LORA", "ia3": "IA3"}[method]
+    dataset = AdapterDataset(filepath=str(tmp_path / "adapter"))
+    dataset.save(model)
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["peft_type"] == config_type and config.get("use_dora", False) == (method == "dora")
+    base, _ = load_whisper(tiny_whisper)
+    reloaded = PeftModel.from_pretrained(base, dataset.load())
+    saved, loaded = get_peft_model_state_dict(model), get_peft_model_state_dict(reloaded)
+    assert saved.keys() == loaded.keys() and all(torch.equal(saved[k], loaded[k]) for k in saved)
+
+
+def test_parameter_budget_picks_the_largest_rank_that_fits(tiny_whisper):
+    from peft import get_peft_model
+
+    from vernacular.training import build_peft_config, lora_from_dict
+
+    for budget in ("0.5%", 0.02):
+        adapter = lora_from_dict({"param_budget": budget, "target_modules": ["q_proj", "v_proj"]})
+        model, _ = load_whisper(tiny_whisper)
+        total = sum(p.numel() for p in model.parameters())
+        config = build_peft_config(model, adapter)
+        peft_model = get_peft_model(model, config)
+        trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+        fraction = adapter.budget_fraction()
+        assert trainable <= fraction * total < trainable * (config.r + 1) / config.r
+        assert config.lora_alpha / config.r == 2.0
+    with pytest.raises(ValueError, match="below one rank"):
+        build_peft_config(load_whisper(tiny_whisper)[0], lora_from_dict({"param_budget": "0.0001%"}))
+    with pytest.raises(ValueError, match="adapter.method"):
+        lora_from_dict({"method": "prefix"})

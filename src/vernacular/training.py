@@ -26,12 +26,35 @@ log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 
 
+ADAPTER_METHODS = ("lora", "dora", "ia3")
+
+
 @dataclass
 class LoraSettings:
+    """Adapter settings. `method`: lora, dora (weight-decomposed LoRA) or ia3.
+
+    `param_budget` (a fraction such as 0.005, or a string such as "0.5%") picks the largest LoRA/DoRA
+    rank whose trainable parameters stay within that share of the model; `r` is then ignored.
+    """
+
     r: int = 8
     alpha: int = 16
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    method: str = "lora"
+    param_budget: float | str | None = None
+    feedforward_modules: list[str] = field(default_factory=lambda: ["fc2"])  # IA3 only
+
+    def budget_fraction(self) -> float | None:
+        if self.param_budget in (None, ""):
+            return None
+        value = self.param_budget
+        if isinstance(value, str):
+            text = value.strip()
+            value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+        if not 0 < float(value) < 1:
+            raise ValueError(f"adapter.param_budget must be a fraction in (0, 1) or a percentage, got {self.param_budget!r}")
+        return float(value)
 
 
 @dataclass
@@ -65,11 +88,46 @@ class TrainSettings:
 def lora_from_dict(values: dict) -> LoraSettings:
     unknown = set(values) - set(LoraSettings.__dataclass_fields__)
     if unknown:
-        raise ValueError(f"unknown adapter setting(s) {sorted(unknown)}; known: r, alpha, dropout, target_modules")
+        raise ValueError(f"unknown adapter setting(s) {sorted(unknown)}; known: {sorted(LoraSettings.__dataclass_fields__)}")
     settings = LoraSettings(**values)
     if settings.r < 1:
         raise ValueError(f"adapter.r must be >= 1, got {settings.r}")
+    if settings.method not in ADAPTER_METHODS:
+        raise ValueError(f"adapter.method must be one of {ADAPTER_METHODS}, got {settings.method!r}")
+    settings.budget_fraction()  # validates
     return settings
+
+
+def _targeted_linears(model, target_modules: list[str]) -> list[torch.nn.Linear]:
+    return [m for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in set(target_modules)]
+
+
+def rank_for_budget(model, target_modules: list[str], budget: float) -> int:
+    """Largest LoRA rank whose trainable parameters (r x (in + out) per target) fit the budget."""
+    per_rank = sum(m.in_features + m.out_features for m in _targeted_linears(model, target_modules))
+    if per_rank == 0:
+        raise ValueError(f"adapter.target_modules {target_modules} match no linear layer of the model")
+    total = sum(p.numel() for p in model.parameters())
+    rank = int(budget * total // per_rank)
+    if rank < 1:
+        raise ValueError(f"a budget of {budget:.4%} is below one rank ({per_rank / total:.4%} of the model) "
+                         f"for target modules {target_modules}")
+    return rank
+
+
+def build_peft_config(model, adapter: LoraSettings):
+    """The PEFT config for `adapter` on `model` (rank resolved from the budget when one is given)."""
+    from peft import IA3Config, LoraConfig
+
+    if adapter.method == "ia3":
+        return IA3Config(target_modules=list(adapter.target_modules),
+                         feedforward_modules=[m for m in adapter.feedforward_modules if m in adapter.target_modules])
+    budget = adapter.budget_fraction()
+    rank = rank_for_budget(model, adapter.target_modules, budget) if budget else adapter.r
+    alpha = adapter.alpha * rank / adapter.r if budget else adapter.alpha  # keep alpha / r constant
+    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=adapter.dropout,
+                      target_modules=list(adapter.target_modules), bias="none", use_dora=adapter.method == "dora")
 
 
 def collate(batch: list[dict], pad_token_id: int, n_frames: int = 3000) -> dict:
@@ -179,7 +237,7 @@ def train_lora_adapter(base_model: dict, features_index: dict, settings: TrainSe
     `augmentation.enabled`, training examples are rebuilt from their audio at every step
     (speed, noise, SpecAugment), seeded per (seed, epoch, example) so resume stays exact.
     """
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from peft import get_peft_model, set_peft_model_state_dict
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
@@ -192,8 +250,7 @@ def train_lora_adapter(base_model: dict, features_index: dict, settings: TrainSe
 
     model, processor = load_whisper(base_model, device="cpu")
     model.config.use_cache = False
-    peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                             target_modules=list(lora.target_modules), bias="none")
+    peft_config = build_peft_config(model, lora)
     model = get_peft_model(model, peft_config)
     model.to(device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -311,7 +368,7 @@ def train_lora_adapter(base_model: dict, features_index: dict, settings: TrainSe
         "samples_per_second": state["samples_seen"] / wall if wall else None,
         "resumed_from": state["resumed_from"],
         "settings": asdict(settings),
-        "adapter": {"method": "lora", **asdict(lora)},
+        "adapter": {**asdict(lora), "resolved_r": getattr(peft_config, "r", None)},
         "augmentation": asdict(augmentation),
     }
     model.eval()
