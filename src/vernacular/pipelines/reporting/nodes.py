@@ -28,7 +28,12 @@ def report_costs(training_metrics: dict, eval_metrics: dict, prices: dict, cost:
     device = eval_metrics["device"]
     usd, price_source = device_price(prices, device, eval_metrics["device_name"])
     latency = eval_metrics["latency"]["adapter"]
-    vendor = prices["vendor_usd_per_audio_minute"]
+    tiers = prices["vendor_usd_per_audio_minute"]
+    tier = cost.get("vendor_tier", "custom")
+    if tier not in tiers:
+        raise ValueError(f"cost.vendor_tier {tier!r} has no price; add it under prices.vendor_usd_per_audio_minute "
+                         f"(known: {sorted(tiers)})")
+    vendor = tiers[tier]
     inputs = CostInputs(
         training_device_hours=training_metrics["device_hours"],
         device="cpu" if device == "cpu" else eval_metrics["device_name"],
@@ -43,7 +48,7 @@ def report_costs(training_metrics: dict, eval_metrics: dict, prices: dict, cost:
             "inference_rtf": f"measured: merged adapter, batch 1, {latency['segments']} segments of "
                              f"~{latency['mean_segment_seconds']:.0f} s on {eval_metrics['device_name']}",
             "device_hour_usd": f"conf prices ({price_source}, as of {prices['as_of']})",
-            "vendor_usd_per_audio_minute": f"conf prices ({vendor['source']}, as of {prices['as_of']})",
+            "vendor_usd_per_audio_minute": f"conf prices, tier {tier} ({vendor['source']})",
             "monthly_audio_hours": "conf cost.monthly_audio_hours",
         },
     )
@@ -56,6 +61,11 @@ def report_costs(training_metrics: dict, eval_metrics: dict, prices: dict, cost:
              f"Adapter: {100 * training_metrics['trainable_fraction']:.2f}% extra parameters; merged into the base "
              f"weights it runs at the base model's speed (base {latency_line(eval_metrics, 'base')}, merged adapter "
              f"{latency_line(eval_metrics, 'adapter')})."]
+    base_latency = eval_metrics["latency"]["base"]
+    notes.append(f"Self-hosting the base model instead (no adapter) measured a real-time factor of "
+                 f"{base_latency['real_time_factor']:.4f}, i.e. "
+                 f"${base_latency['real_time_factor'] * usd * inputs.monthly_audio_hours:,.2f} a month at this volume, "
+                 f"at the base model's accuracy.")
     markdown = render_cost_markdown(inputs, projection, title=f"{vertical}: self-hosted adapter vs vendor", notes=notes)
     figure = plot_costs(inputs, projection, include_training=True)
     log.info("%s cost report: self-hosted $%.2f/month vs vendor $%.2f/month for %.0f audio hours (%s)", vertical,
