@@ -147,3 +147,24 @@ def test_parameter_budget_picks_the_largest_rank_that_fits(tiny_whisper):
         build_peft_config(load_whisper(tiny_whisper)[0], lora_from_dict({"param_budget": "0.0001%"}))
     with pytest.raises(ValueError, match="adapter.method"):
         lora_from_dict({"method": "prefix"})
+
+
+def test_gradient_accumulation_equals_one_large_batch(tiny_whisper, features_index, tmp_path):
+    lora = LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    big, big_metrics = train_lora_adapter(tiny_whisper, features_index, settings(epochs=2, batch_size=3), lora,
+                                          tmp_path / "big")
+    small, small_metrics = train_lora_adapter(
+        tiny_whisper, features_index, settings(epochs=2, batch_size=1, gradient_accumulation_steps=3), lora,
+        tmp_path / "acc")
+    assert small_metrics["steps"] == big_metrics["steps"] == 2
+    assert small_metrics["losses"] == pytest.approx(big_metrics["losses"], abs=1e-4)
+    a, b = get_peft_model_state_dict(big), get_peft_model_state_dict(small)
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_gradient_checkpointing_gives_the_same_training(tiny_whisper, features_index, tmp_path):
+    lora = LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    _, plain = train_lora_adapter(tiny_whisper, features_index, settings(epochs=1), lora, tmp_path / "a")
+    _, checkpointed = train_lora_adapter(tiny_whisper, features_index, settings(epochs=1, gradient_checkpointing=True),
+                                         lora, tmp_path / "b")
+    assert checkpointed["losses"] == pytest.approx(plain["losses"], abs=1e-4)
