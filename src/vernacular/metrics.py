@@ -1,4 +1,5 @@
-"""Corpus-level ASR error rates (WER, CER), per-utterance errors and alignment examples.
+"""Corpus-level ASR error rates (WER, CER), per-utterance errors and alignment examples; bootstrap
+intervals and paired tests, domain-term recall and the forgetting flag (docs/evaluation.md).
 
 Counts come from jiwer 4 (`process_words` / `process_characters`) and are pooled over the
 corpus: WER = (S + D + I) / reference words, never a mean of per-utterance WERs.
@@ -31,6 +32,7 @@ from functools import lru_cache
 from typing import Any
 
 import jiwer
+import numpy as np
 import pandas as pd
 
 NORMALISERS = ("none", "basic", "whisper_english")
@@ -238,3 +240,251 @@ def evaluate(
         result[f"by_{col}"] = groups
     result["alignment"] = alignment_examples(norm_refs, norm_hyps)
     return result
+
+
+# --- Uncertainty: bootstrap intervals and paired tests -------------------------------------------
+#
+# Utterances are the resampling unit (their errors are not independent within an utterance), and
+# every resample pools counts: WER* = sum(errors[idx]) / sum(ref_words[idx]). Base and adapter are
+# scored on the SAME resampled indices (same seed), which is what makes the difference test paired.
+
+PAIRED_TEST = ("paired bootstrap over utterances: difference = adapter - base pooled rate on the same "
+               "resampled utterances; percentile interval; two-sided p = min(1, 2 * min(#(d*<=0)+1, "
+               "#(d*>=0)+1) / (B+1))")
+
+
+def per_utterance_char_errors(references: Sequence[str], hypotheses: Sequence[str]) -> list[dict]:
+    """Character edits per utterance, in input order: {"errors", "n_ref_chars"} (spaces count)."""
+    refs, hyps = _prepare(references, hypotheses)
+    if not refs:
+        return []
+    out = jiwer.process_characters(refs, hyps)
+    rows = []
+    for ref_chars, chunks in zip(out.references, out.alignments):
+        errors = 0
+        for c in chunks:
+            kind = _chunk_type(c)
+            if kind == "insert":
+                errors += c.hyp_end_idx - c.hyp_start_idx
+            elif kind != "equal":
+                errors += c.ref_end_idx - c.ref_start_idx
+        rows.append({"errors": errors, "n_ref_chars": len(ref_chars)})
+    return rows
+
+
+def bootstrap_indices(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    """(n_resamples, n) utterance indices drawn with replacement; the same for a given seed."""
+    if n_resamples < 1:
+        raise ValueError("n_resamples must be at least 1")
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, n, size=(n_resamples, n)) if n else np.zeros((n_resamples, 0), dtype=int)
+
+
+def _resampled_rates(errors: np.ndarray, totals: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    num = errors[idx].sum(axis=1).astype(float)
+    den = totals[idx].sum(axis=1).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def _interval(samples: np.ndarray, confidence: float) -> tuple[float | None, float | None]:
+    finite = samples[np.isfinite(samples)]
+    if not finite.size:
+        return None, None
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(finite, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def bootstrap_rate(errors: Sequence[float], totals: Sequence[float], *, n_resamples: int = 2000, seed: int = 0,
+                   confidence: float = 0.95) -> dict:
+    """Pooled error rate sum(errors) / sum(totals) with a percentile bootstrap interval over utterances.
+
+    Returns {"estimate", "low", "high", "confidence", "n_resamples", "seed", "n_utterances"}; the
+    rates are None when there is nothing to divide by, the interval None for fewer than 2 utterances.
+    """
+    errors, totals = np.asarray(errors, dtype=float), np.asarray(totals, dtype=float)
+    if errors.shape != totals.shape:
+        raise ValueError(f"{errors.size} error counts but {totals.size} totals")
+    estimate = _rate(float(errors.sum()), float(totals.sum())) if totals.sum() > 0 else None
+    low = high = None
+    # One utterance has no sampling spread to resample: no interval rather than a zero-width one.
+    if estimate is not None and errors.size >= 2:
+        low, high = _interval(_resampled_rates(errors, totals, bootstrap_indices(len(errors), n_resamples, seed)),
+                              confidence)
+    return {"estimate": estimate, "low": low, "high": high, "confidence": confidence, "n_resamples": n_resamples,
+            "seed": seed, "n_utterances": int(errors.size)}
+
+
+def paired_bootstrap(errors_a: Sequence[float], errors_b: Sequence[float], totals: Sequence[float], *,
+                     n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict:
+    """Paired bootstrap of the pooled-rate difference b - a (e.g. adapter - base) on one set of utterances.
+
+    Returns {"difference", "low", "high", "p_value", "p_floor", "confidence", "n_resamples", "seed",
+    "test"}. p_value is two-sided: twice the smaller share of resampled differences on either side
+    of 0, with +1 smoothing, so it is never 0 (its floor is 2 / (B + 1)); identical systems give 1.
+    With fewer than 2 utterances there is nothing to resample: interval and p are None.
+    """
+    a, b, totals = (np.asarray(x, dtype=float) for x in (errors_a, errors_b, totals))
+    if not (a.shape == b.shape == totals.shape):
+        raise ValueError("errors_a, errors_b and totals must have one entry per utterance")
+    floor = 2 / (n_resamples + 1)
+    if totals.sum() <= 0 or a.size < 2:
+        difference = float((b.sum() - a.sum()) / totals.sum()) if totals.sum() > 0 else None
+        return {"difference": difference, "low": None, "high": None, "p_value": None, "p_floor": floor,
+                "confidence": confidence, "n_resamples": n_resamples, "seed": seed, "test": PAIRED_TEST,
+                "n_utterances": int(a.size)}
+    idx = bootstrap_indices(len(a), n_resamples, seed)
+    diffs = _resampled_rates(b - a, totals, idx)
+    diffs = diffs[np.isfinite(diffs)]
+    # Differences are ratios of integer sums: round off float noise so identical systems give exact zeros.
+    diffs = np.round(diffs, 12)
+    low, high = _interval(diffs, confidence)
+    below, above = int((diffs <= 0).sum()), int((diffs >= 0).sum())
+    p_value = min(1.0, 2 * (min(below, above) + 1) / (diffs.size + 1))
+    return {"difference": float((b.sum() - a.sum()) / totals.sum()), "low": low, "high": high, "p_value": p_value,
+            "p_floor": floor, "confidence": confidence, "n_resamples": n_resamples, "seed": seed, "test": PAIRED_TEST,
+            "n_utterances": int(a.size)}
+
+
+def sign_test(errors_a: Sequence[float], errors_b: Sequence[float]) -> dict:
+    """Exact two-sided sign test on per-utterance error counts (ties dropped).
+
+    Returns {"improved" (b < a), "worsened" (b > a), "ties", "p_value"}; p_value is None when every
+    utterance ties.
+    """
+    a, b = np.asarray(errors_a, dtype=float), np.asarray(errors_b, dtype=float)
+    improved, worsened = int((b < a).sum()), int((b > a).sum())
+    n = improved + worsened
+    p_value = None
+    if n:
+        k = min(improved, worsened)
+        p_value = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+    return {"improved": improved, "worsened": worsened, "ties": int(a.size - n), "p_value": p_value}
+
+
+def compare_systems(references: Sequence[str], base: Sequence[str], adapter: Sequence[str], *,
+                    n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict:
+    """WER and CER of two systems on the same (already normalised) utterances, with intervals and tests.
+
+    Returns {"wer": {"base", "adapter", "difference"}, "cer": {...}, "sign_test", "n_utterances"}:
+    base/adapter are `bootstrap_rate` results, difference is `paired_bootstrap` (adapter - base),
+    sign_test is `sign_test` on per-utterance word errors.
+    """
+    refs, base_h = _prepare(references, base)
+    _, adapter_h = _prepare(references, adapter)
+    options = {"n_resamples": n_resamples, "seed": seed, "confidence": confidence}
+    out: dict[str, Any] = {"n_utterances": len(refs)}
+    words = [per_utterance_errors(refs, h) for h in (base_h, adapter_h)]
+    chars = [per_utterance_char_errors(refs, h) for h in (base_h, adapter_h)]
+    for rate, (b_rows, a_rows), err_key, total_key in (("wer", words, "errors", "n_ref_words"),
+                                                       ("cer", chars, "errors", "n_ref_chars")):
+        totals = [r[total_key] for r in b_rows]
+        b_err, a_err = [r[err_key] for r in b_rows], [r[err_key] for r in a_rows]
+        out[rate] = {"base": bootstrap_rate(b_err, totals, **options),
+                     "adapter": bootstrap_rate(a_err, totals, **options),
+                     "difference": paired_bootstrap(b_err, a_err, totals, **options)}
+    out["sign_test"] = sign_test([r["errors"] for r in words[0]], [r["errors"] for r in words[1]])
+    return out
+
+
+# --- Domain-term recall ---------------------------------------------------------------------------
+
+def _term_hits(ref_words: list[str], hyp_words: list[str], chunks, term: list[str]) -> tuple[int, int]:
+    # ref position -> hyp position for words inside "equal" chunks (the aligned hypothesis word is the same)
+    matched: dict[int, int] = {}
+    for c in chunks:
+        if _chunk_type(c) == "equal":
+            for k in range(c.ref_end_idx - c.ref_start_idx):
+                matched[c.ref_start_idx + k] = c.hyp_start_idx + k
+    occurrences = hits = 0
+    k = len(term)
+    for start in range(len(ref_words) - k + 1):
+        if ref_words[start:start + k] != term:
+            continue
+        occurrences += 1
+        positions = [matched.get(start + j) for j in range(k)]
+        # Every word matched, and contiguous in the hypothesis (no word inserted inside the term).
+        if None not in positions and positions == list(range(positions[0], positions[0] + k)):
+            hits += 1
+    return occurrences, hits
+
+
+def term_recall(references: Sequence[str], hypotheses: Sequence[str], terms: Sequence[str],
+                normaliser: str = "whisper_english") -> dict:
+    """Share of reference occurrences of each key term that the hypothesis gets right.
+
+    References, hypotheses and terms go through the same normaliser. A term (one or more words)
+    occurring in a reference is a hit when jiwer's word alignment maps each of its words to an
+    equal hypothesis word, contiguously. Returns {"terms": {term: {"occurrences", "hits",
+    "recall"}}, "occurrences", "hits", "recall", "normaliser"}; recall is None for 0 occurrences.
+    Terms that normalise to nothing are listed under "ignored_terms".
+    """
+    refs = [normalise(r, normaliser) for r in references]
+    hyps = [normalise(h, normaliser) for h in hypotheses]
+    if len(refs) != len(hyps):
+        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
+    wanted: dict[str, list[str]] = {}
+    ignored = []
+    for term in terms:
+        words = normalise(str(term), normaliser).split()
+        if words:
+            wanted.setdefault(str(term), words)
+        else:
+            ignored.append(str(term))
+    per_term = {t: {"occurrences": 0, "hits": 0} for t in wanted}
+    # Only utterances that contain a term need aligning (jiwer wants non-empty references anyway).
+    keep = [i for i, r in enumerate(refs)
+            if any(" ".join(w) in r for w in wanted.values()) and r]
+    if keep:
+        out = jiwer.process_words([refs[i] for i in keep], [hyps[i] for i in keep])
+        for ref_words, hyp_words, chunks in zip(out.references, out.hypotheses, out.alignments):
+            for term, words in wanted.items():
+                occ, hit = _term_hits(ref_words, hyp_words, chunks, words)
+                per_term[term]["occurrences"] += occ
+                per_term[term]["hits"] += hit
+    for values in per_term.values():
+        values["recall"] = _rate(values["hits"], values["occurrences"])
+    occurrences = sum(v["occurrences"] for v in per_term.values())
+    hits = sum(v["hits"] for v in per_term.values())
+    return {"normaliser": normaliser, "terms": per_term, "occurrences": occurrences, "hits": hits,
+            "recall": _rate(hits, occurrences), "ignored_terms": ignored}
+
+
+# --- Forgetting ------------------------------------------------------------------------------------
+
+def forgetting_check(references: Sequence[str], base: Sequence[str], adapter: Sequence[str], *,
+                     margin_pts: float, normaliser: str = "whisper_english", n_resamples: int = 2000,
+                     seed: int = 0, confidence: float = 0.95) -> dict:
+    """WER of base and adapter on a general (out-of-domain) set; flagged when the adapter is worse.
+
+    flagged is True when adapter WER - base WER > margin_pts percentage points (normalised text).
+    Returns {"n_utterances", "base", "adapter" (error_rates), "wer_change_pts", "margin_pts",
+    "flagged", "difference" (paired_bootstrap, as a fraction)}.
+    """
+    refs = [normalise(r, normaliser) for r in references]
+    base_n = [normalise(h, normaliser) for h in base]
+    adapter_n = [normalise(h, normaliser) for h in adapter]
+    base_rates, adapter_rates = error_rates(refs, base_n), error_rates(refs, adapter_n)
+    change = None
+    if base_rates["wer"] is not None and adapter_rates["wer"] is not None:
+        change = 100 * (adapter_rates["wer"] - base_rates["wer"])
+    b_rows, a_rows = per_utterance_errors(refs, base_n), per_utterance_errors(refs, adapter_n)
+    difference = paired_bootstrap([r["errors"] for r in b_rows], [r["errors"] for r in a_rows],
+                                  [r["n_ref_words"] for r in b_rows], n_resamples=n_resamples, seed=seed,
+                                  confidence=confidence)
+    return {"n_utterances": len(refs), "normaliser": normaliser, "base": base_rates, "adapter": adapter_rates,
+            "wer_change_pts": change, "margin_pts": float(margin_pts),
+            "flagged": bool(change is not None and change > margin_pts + 1e-9), "difference": difference}
+
+
+def worst_groups(by_group_base: dict, by_group_adapter: dict, top_n: int) -> list[dict]:
+    """The `top_n` groups (e.g. speakers) with the highest adapter WER (normalised), worst first."""
+    rows = []
+    for value, adapted in by_group_adapter.items():
+        wer = adapted["normalised"]["wer"]
+        base = by_group_base.get(value, {}).get("normalised", {})
+        rows.append({"group": value, "n_utterances": adapted["normalised"]["n_utterances"],
+                     "base_wer": base.get("wer"), "adapter_wer": wer})
+    rows.sort(key=lambda r: (-(r["adapter_wer"] if r["adapter_wer"] is not None else -1), r["group"]))
+    return rows[:top_n]

@@ -6,6 +6,7 @@ from .nodes import evaluate_on_test
 def create_pipeline(**kwargs) -> Pipeline:
     return pipeline([
         node(evaluate_on_test, ["manifest", "base_model", "adapter", "training_metrics", "params:evaluation",
-                                "params:vertical"], ["eval_metrics", "eval_summary", "transcripts"],
+                                "params:vertical", "params:storage"],
+             ["eval_metrics", "eval_summary", "transcripts", "wer_plot", "utterance_scatter"],
              name="evaluate_on_test"),
     ])
