@@ -1,15 +1,23 @@
 """Vernacular file for ensuring the package is executable
 as `vernacular` and `python -m vernacular`
+
+`vernacular transcribe ...` is the Kedro-free transcription CLI (vernacular.transcribe_cli; not `cli.py`, which Kedro would load as the project CLI); anything else
+goes to Kedro's run command as before.
 """
 import sys
 from pathlib import Path
 from typing import Any
 
-from kedro.framework.cli.utils import find_run_command
-from kedro.framework.project import configure_project
-
 
 def main(*args, **kwargs) -> Any:
+    if not args and len(sys.argv) > 1 and sys.argv[1] == "transcribe":
+        from vernacular.transcribe_cli import main as transcribe_main
+
+        sys.exit(transcribe_main(sys.argv[2:]))
+
+    from kedro.framework.cli.utils import find_run_command
+    from kedro.framework.project import configure_project
+
     package_name = Path(__file__).parent.name
     configure_project(package_name)
 

@@ -1,4 +1,5 @@
-"""Kedro datasets for artefacts that are directories (a saved PEFT adapter)."""
+"""Kedro datasets for artefacts that are directories (a saved PEFT adapter) and for the inbox of
+audio files that the transcribe pipeline reads by path."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
+from kedro.io.core import AbstractDataset, AbstractVersionedDataset, DatasetError, Version
+from kedro_datasets.partitions import PartitionedDataset
 
 
 class AdapterDataset(AbstractVersionedDataset[Any, str]):
@@ -56,3 +58,37 @@ class AdapterDataset(AbstractVersionedDataset[Any, str]):
         except DatasetError:
             return False
         return (Path(path) / "adapter_config.json").is_file()
+
+
+class FilePathDataset(AbstractDataset[None, str]):
+    """One file handed on by path: load returns the absolute path and reads nothing (the node
+    decodes it and reports files it cannot read). Read-only."""
+
+    def __init__(self, filepath: str, metadata: dict | None = None) -> None:
+        self._filepath = Path(filepath)
+        self.metadata = metadata
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}
+
+    def load(self) -> str:
+        return str(self._filepath.resolve())
+
+    def save(self, data: None) -> None:
+        raise DatasetError(f"{self._filepath}: FilePathDataset is read-only")
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()
+
+
+class InboxDataset(PartitionedDataset):
+    """A folder of files as {relative path: loader}, like PartitionedDataset, except that an empty
+    or missing folder loads as {}: a night with no new audio is not an error."""
+
+    def load(self) -> dict[str, Any]:
+        try:
+            return super().load()
+        except DatasetError:
+            if self._list_partitions():
+                raise
+            return {}

@@ -9,6 +9,7 @@ from vernacular.pipelines.features import pipeline as features
 from vernacular.pipelines.ingestion import pipeline as ingestion
 from vernacular.pipelines.reporting import pipeline as reporting
 from vernacular.pipelines.training import pipeline as training
+from vernacular.pipelines.transcription import pipeline as transcription
 
 # A vertical is a parameters block in conf/ (named like the vertical) plus a line here.
 VERTICALS = ("radiology", "finance", "accent")
@@ -42,5 +43,7 @@ def register_pipelines() -> dict[str, Pipeline]:
         pipelines[vertical] = vertical_pipeline(vertical)
         for stage, stage_pipeline in stage_pipelines().items():
             pipelines[f"{vertical}.{stage}"] = namespaced(stage_pipeline, vertical)
+        # Uses a trained adapter, so it is not part of `<vertical>` or `__default__` (which train).
+        pipelines[f"{vertical}.transcribe"] = namespaced(transcription.create_pipeline(), vertical)
     pipelines["__default__"] = sum((pipelines[v] for v in VERTICALS), Pipeline([]))
     return pipelines

@@ -1,0 +1,1 @@
+"""The transcription stage: new audio in a vertical's inbox, transcribed with its adapter."""
