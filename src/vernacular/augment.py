@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torchaudio
 
+from vernacular.config import build_settings
 from vernacular.audio import TARGET_SAMPLE_RATE
 from vernacular.features import compute_log_mel
 
@@ -29,12 +30,7 @@ class AugmentSettings:
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "AugmentSettings":
-        values = dict(values or {})
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown augmentation setting(s) {sorted(unknown)}; known: "
-                             f"{sorted(cls.__dataclass_fields__)}")
-        settings = cls(**values)
+        settings = build_settings(cls, values, "augmentation")
         if any(f <= 0 for f in settings.speed_factors) or not settings.speed_factors:
             raise ValueError(f"augmentation.speed_factors must be positive, got {settings.speed_factors}")
         if not 0 <= settings.noise_probability <= 1:

@@ -24,6 +24,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from vernacular.config import build_settings
 from vernacular.audio import TARGET_SAMPLE_RATE, AudioError, read_audio
 
 log = logging.getLogger(__name__)
@@ -61,12 +62,7 @@ class BatchSettings:
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "BatchSettings":
-        values = dict(values or {})
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown transcription setting(s) {sorted(unknown)}; known: "
-                             f"{sorted(cls.__dataclass_fields__)}")
-        settings = cls(**values)
+        settings = build_settings(cls, values, "transcription")
         if not 1.0 <= settings.chunk_seconds <= 30.0:
             raise ValueError(f"transcription.chunk_seconds must be in [1, 30] (Whisper's window), got "
                              f"{settings.chunk_seconds}")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from vernacular.config import build_settings
 from vernacular.manifest import assign_split, normalise_key
 
 
@@ -35,11 +36,7 @@ class SyntheticCorpusSettings:
 
     @classmethod
     def from_dict(cls, values: dict) -> "SyntheticCorpusSettings":
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown synthetic source setting(s) {sorted(unknown)}; "
-                             f"known: {sorted(cls.__dataclass_fields__)}")
-        settings = cls(**values)
+        settings = build_settings(cls, values, "synthetic source")
         if not settings.train_voices:
             raise ValueError("source.train_voices must name at least one espeak-ng voice")
         if set(settings.train_voices) & set(settings.heldout_voices):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from vernacular.config import build_settings
 from vernacular.audio import read_audio
 from vernacular.metrics import (PAIRED_TEST, compare_systems, evaluate, forgetting_check, normalise,
                                 per_utterance_errors, term_recall, worst_groups)
@@ -42,22 +43,11 @@ class EvaluationSettings:
 
     @classmethod
     def from_dict(cls, values: dict) -> "EvaluationSettings":
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown evaluation setting(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        settings = cls(**values)
+        settings = build_settings(cls, values, "evaluation")
         settings.key_terms = [str(t) for t in (settings.key_terms or [])]
         BootstrapSettings.from_dict(settings.bootstrap)
         ForgettingSettings.from_dict(settings.forgetting)
         return settings
-
-
-def _from_dict(cls, values: dict | None, what: str):
-    values = dict(values or {})
-    unknown = set(values) - set(cls.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"unknown {what} setting(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-    return cls(**values)
 
 
 @dataclass
@@ -68,7 +58,7 @@ class BootstrapSettings:
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "BootstrapSettings":
-        settings = _from_dict(cls, values, "evaluation.bootstrap")
+        settings = build_settings(cls, values, "evaluation.bootstrap")
         if settings.n_resamples < 1 or not 0 < settings.confidence < 1:
             raise ValueError("evaluation.bootstrap: n_resamples must be >= 1 and 0 < confidence < 1")
         return settings
@@ -90,7 +80,7 @@ class ForgettingSettings:
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "ForgettingSettings":
-        return _from_dict(cls, values, "evaluation.forgetting")
+        return build_settings(cls, values, "evaluation.forgetting")
 
 
 def load_adapter_model(base_model: dict, adapter_dir: str, device, merge: bool):

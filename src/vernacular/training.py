@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vernacular.config import build_settings
 from vernacular.audio import read_audio
 from vernacular.augment import AugmentSettings, augmented_example
 from vernacular.features import load_split, pad_features
@@ -78,10 +79,7 @@ class TrainSettings:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainSettings":
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown training setting(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        settings = cls(**values)
+        settings = build_settings(cls, values, "training")
         if settings.epochs < 1 or settings.batch_size < 1 or settings.learning_rate <= 0 \
                 or settings.gradient_accumulation_steps < 1:
             raise ValueError("training.epochs, batch_size and gradient_accumulation_steps must be >= 1 and "
@@ -90,10 +88,7 @@ class TrainSettings:
 
 
 def lora_from_dict(values: dict) -> LoraSettings:
-    unknown = set(values) - set(LoraSettings.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"unknown adapter setting(s) {sorted(unknown)}; known: {sorted(LoraSettings.__dataclass_fields__)}")
-    settings = LoraSettings(**values)
+    settings = build_settings(LoraSettings, values, "adapter")
     if settings.r < 1:
         raise ValueError(f"adapter.r must be >= 1, got {settings.r}")
     if settings.method not in ADAPTER_METHODS:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vernacular.config import build_settings
 from vernacular.audio import TARGET_SAMPLE_RATE
 
 
@@ -24,11 +25,7 @@ class DecodeSettings:
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "DecodeSettings":
-        values = dict(values or {})
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown decoding setting(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**values)
+        return build_settings(cls, values, "decoding")
 
 
 def max_new_tokens_for(duration_s: float, settings: DecodeSettings, limit: int = 440) -> int:
