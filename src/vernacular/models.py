@@ -48,6 +48,13 @@ def model_location(base_model: dict) -> str:
     return base_model.get("local_dir") or base_model["name_or_path"]
 
 
+def load_processor(base_model: dict):
+    """The feature extractor and tokenizer alone (no weights), for feature extraction."""
+    from transformers import WhisperProcessor
+
+    return WhisperProcessor.from_pretrained(model_location(base_model))
+
+
 def load_whisper(base_model: dict, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """Load (model, processor) for a resolved base model; clear error when offline and not cached."""
     from transformers import WhisperForConditionalGeneration, WhisperProcessor

@@ -7,7 +7,7 @@ import logging
 import pandas as pd
 
 from vernacular.features import extract_features
-from vernacular.models import load_whisper, resolve_base_model
+from vernacular.models import load_processor, resolve_base_model
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ def prepare_base_model(model: dict) -> dict:
 
 def build_features(manifest: pd.DataFrame, base_model: dict, features: dict, storage: dict) -> dict:
     """Log-mel features and label ids for the training splits; reused when inputs are unchanged."""
-    _, processor = load_whisper(base_model)
+    processor = load_processor(base_model)
     index = extract_features(manifest, processor, storage["feature_cache_dir"], splits=tuple(features["splits"]),
                              batch_size=features["batch_size"], max_label_tokens=features["max_label_tokens"])
     log.info("features %s: %s (%s)", index["fingerprint"], index["counts"],
