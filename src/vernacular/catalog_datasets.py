@@ -4,6 +4,7 @@ audio files that the transcribe pipeline reads by path."""
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import shutil
 import tempfile
@@ -92,3 +93,47 @@ class InboxDataset(PartitionedDataset):
             if self._list_partitions():
                 raise
             return {}
+
+
+class ReportPageDataset(AbstractVersionedDataset[str, str]):
+    """A text page (HTML or Markdown) on the local disk, versioned like the other reports.
+
+    save writes a temporary file and renames it into place, then logs `<label>: file:///abs/path`
+    with the version folder Kedro chose, so the run's log links to the page.
+    """
+
+    def __init__(self, filepath: str, label: str = "report", version: Version | None = None,
+                 metadata: dict | None = None) -> None:
+        super().__init__(filepath=PurePosixPath(filepath), version=version, exists_function=os.path.exists,
+                         glob_function=lambda pattern: sorted(glob.glob(pattern)))
+        self._label = label
+        self.metadata = metadata
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath), "label": self._label, "version": self._version}
+
+    def load(self) -> str:
+        return Path(self._get_load_path()).read_text(encoding="utf-8")
+
+    def save(self, data: str) -> None:
+        if not isinstance(data, str):
+            raise DatasetError(f"{self._filepath}: ReportPageDataset saves text, got {type(data).__name__}")
+        target = Path(self._get_save_path())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.tmp-")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(data)
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; the page is meant to be read
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        logging.getLogger(__name__).info("%s: %s", self._label, target.resolve().as_uri())
+
+    def _exists(self) -> bool:
+        try:
+            path = self._get_load_path()
+        except DatasetError:
+            return False
+        return Path(path).is_file()
