@@ -775,7 +775,9 @@ def _worker(spec_path: str) -> None:
     augmentation = AugmentSettings(**spec["augmentation"]) if spec["augmentation"] else None
     model, metrics = _train(spec["base_model"], spec["features_index"], settings, LoraSettings(**spec["lora"]),
                             spec["checkpoint_root"], spec["stop_after_steps"], augmentation)
-    if int(os.environ.get("RANK", "0")) == 0:
+    # every machine's first process writes the result (the weights are the same on every rank), so the
+    # Kedro run on each machine carries on
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         out = Path(spec["out_dir"])
         out.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(str(out / "adapter"))
