@@ -221,7 +221,7 @@ def base_model_of_adapter(adapter_dir: str) -> dict | None:
 
 def load_transcriber(base_model: dict, adapter_dir: str | None, settings: BatchSettings) -> Transcriber:
     """Base model with the adapter merged into its weights (no LoRA overhead at inference)."""
-    from vernacular.models import device_name, load_whisper, pick_device
+    from vernacular.models import device_name, load_model, pick_device
 
     device = pick_device(settings.device)
     if adapter_dir:
@@ -229,7 +229,7 @@ def load_transcriber(base_model: dict, adapter_dir: str | None, settings: BatchS
 
         model, processor = load_adapter_model(base_model, adapter_dir, device, merge=settings.merge)
     else:
-        model, processor = load_whisper(base_model, device=device)
+        model, processor, _ = load_model(base_model, device=device)
     return Transcriber(model, processor, device, settings, base_model["name_or_path"],
                        str(adapter_dir) if adapter_dir else None, adapter_version(adapter_dir), device_name(device))
 

@@ -17,7 +17,7 @@ from vernacular.config import build_settings
 from vernacular.audio import read_audio
 from vernacular.metrics import (PAIRED_TEST, compare_systems, evaluate, forgetting_check, normalise,
                                 per_utterance_errors, term_recall, worst_groups)
-from vernacular.models import device_name, load_whisper, pick_device
+from vernacular.models import device_name, load_model, pick_device
 from vernacular.transcribe import DecodeSettings, build_segments, measure_latency, transcribe
 
 log = logging.getLogger(__name__)
@@ -84,10 +84,10 @@ class ForgettingSettings:
 
 
 def load_adapter_model(base_model: dict, adapter_dir: str, device, merge: bool):
-    """Base model with the adapter attached (PeftModel) or merged into its weights."""
+    """Base model (any family) with the adapter attached (PeftModel) or merged into its weights."""
     from peft import PeftModel
 
-    model, processor = load_whisper(base_model, device="cpu")
+    model, processor, _ = load_model(base_model, device="cpu")
     model = PeftModel.from_pretrained(model, adapter_dir)
     if merge:
         model = model.merge_and_unload()
@@ -167,7 +167,7 @@ def evaluate_adapter(test: pd.DataFrame, base_model: dict, adapter_dir: str,
     audios = [read_audio(p) for p in rows["audio_path"]]
     audio_seconds = sum(len(a) for a in audios) / 16000
 
-    base, processor = load_whisper(base_model, device=device)
+    base, processor, _ = load_model(base_model, device=device)
     unmerged, _ = load_adapter_model(base_model, adapter_dir, device, merge=False)
     merged, _ = load_adapter_model(base_model, adapter_dir, device, merge=True)
     results = {}

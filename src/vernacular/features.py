@@ -1,8 +1,10 @@
-"""Whisper log-mel features and label token ids, cached by content fingerprint.
+"""Model input features and label token ids, cached by content fingerprint.
 
-Each utterance's log-mel is stored trimmed to the frames that carry audio, in float16, with the
-constant value that Whisper's feature extractor gives the padded tail; `pad_features` rebuilds
-the exact 3000-frame input. This keeps the cache ~6x smaller than padded features.
+What is stored per utterance comes from the model family (`vernacular.families`). Whisper: the
+log-mel trimmed to the frames that carry audio, in float16, with the constant value that Whisper's
+feature extractor gives the padded tail; `pad_features` rebuilds the exact 3000-frame input (the
+cache is ~6x smaller than padded features). CTC and RNN-T: the processor's own input per clip
+(log-mel (frames, n_mels) or raw waveform), trimmed to its valid length, in float16.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 
 from vernacular.audio import TARGET_SAMPLE_RATE, read_audio
 
-FEATURE_FORMAT_VERSION = 2
+FEATURE_FORMAT_VERSION = 3  # 3: the family decides the stored layout; the index records it
 HOP_LENGTH = 160
 WINDOW_HALF = 200  # half of Whisper's 400-sample STFT window
 
@@ -75,15 +77,21 @@ def pad_features(trimmed: list[torch.Tensor], pad_values: list[float], n_frames:
 
 
 def extract_features(manifest: pd.DataFrame, processor, cache_dir: str | Path, splits=("train", "validation"),
-                     batch_size: int = 16, max_label_tokens: int = 440, progress: bool = True) -> dict:
+                     batch_size: int = 16, max_label_tokens: int = 440, progress: bool = True,
+                     family=None) -> dict:
     """Compute (or reuse) features for `splits`; return the index describing the cache entry.
 
-    The cache entry is `cache_dir/<fingerprint>/` with one `<split>.pt` per split. When it already
-    exists the work is skipped and `reused` is True in the returned index.
+    `family`: a `vernacular.families.ModelFamily` or its name; None means Whisper and is only
+    accepted with a WhisperProcessor. The cache entry is `cache_dir/<fingerprint>/` with one
+    `<split>.pt` per split. When it already exists the work is skipped and `reused` is True in the
+    returned index.
     """
     from tqdm.auto import tqdm
 
-    params = {"splits": list(splits), "max_label_tokens": max_label_tokens}
+    from vernacular.families import family_for, family_of_processor
+
+    family = family_of_processor(processor) if family is None else family_for(family)
+    params = {"splits": list(splits), "max_label_tokens": max_label_tokens, "family": family.name}
     rows = manifest[manifest["split"].isin(splits)]
     fingerprint = manifest_fingerprint(rows, processor, params)
     cache_dir = Path(cache_dir)
@@ -95,7 +103,8 @@ def extract_features(manifest: pd.DataFrame, processor, cache_dir: str | Path, s
         return index
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{fingerprint}."))
-    skipped, counts = [], {}
+    skipped, counts, with_unknown = [], {}, 0
+    unk_id = family.unknown_token_id(processor)
     try:
         for split in splits:
             part = rows[rows["split"] == split].sort_values("utterance_id")
@@ -105,13 +114,13 @@ def extract_features(manifest: pd.DataFrame, processor, cache_dir: str | Path, s
             for start in tqdm(range(0, len(records), batch_size), desc=f"features {split}", disable=not progress):
                 chunk = records[start:start + batch_size]
                 audios = [read_audio(r["audio_path"]) for r in chunk]
-                for row, (features, pad), audio in zip(chunk, compute_log_mel(processor.feature_extractor, audios),
-                                                       audios):
-                    ids = label_ids(processor.tokenizer, row["text"])
+                for row, (features, pad), audio in zip(chunk, family.features(processor, audios), audios):
+                    ids = family.label_ids(processor, row["text"])
                     if len(ids) > max_label_tokens:
                         skipped.append({"utterance_id": row["utterance_id"], "split": split,
                                         "reason": f"transcript is {len(ids)} tokens > {max_label_tokens}"})
                         continue
+                    with_unknown += unk_id is not None and unk_id in ids
                     record["utterance_ids"].append(row["utterance_id"])
                     record["features"].append(features)
                     record["pad_values"].append(pad)
@@ -121,9 +130,13 @@ def extract_features(manifest: pd.DataFrame, processor, cache_dir: str | Path, s
                     record["audio_paths"].append(row["audio_path"])
             torch.save(record, tmp / f"{split}.pt")
             counts[split] = len(record["utterance_ids"])
+        # n_frames: the fixed input length to pad to (Whisper's 3000); None = pad to the batch's longest clip.
+        # n_mels: the feature extractor's feature_size (1 for a raw waveform).
         index = {"fingerprint": fingerprint, "path": str(entry.resolve()), "splits": list(splits),
                  "counts": counts, "skipped": skipped, "n_mels": int(processor.feature_extractor.feature_size),
-                 "n_frames": int(processor.feature_extractor.nb_max_frames), "format_version": FEATURE_FORMAT_VERSION}
+                 "n_frames": family.fixed_frames(processor), "family": family.name,
+                 "feature_layout": family.feature_layout, "labels_with_unknown_tokens": int(with_unknown),
+                 "format_version": FEATURE_FORMAT_VERSION}
         (tmp / "index.json").write_text(json.dumps(index, indent=2))
         os.replace(tmp, entry)
     except BaseException:

@@ -1,4 +1,4 @@
-"""Batched Whisper transcription with loop guards, and latency measurement."""
+"""Batched transcription (any model family) with loop guards, and latency measurement."""
 
 from __future__ import annotations
 
@@ -32,10 +32,19 @@ def max_new_tokens_for(duration_s: float, settings: DecodeSettings, limit: int =
     return int(min(limit, max(settings.min_new_tokens_cap, duration_s * settings.max_tokens_per_second + 8)))
 
 
-@torch.no_grad()
 def transcribe(model, processor, audios: list[np.ndarray], settings: DecodeSettings | None = None,
                device: torch.device | str | None = None, progress: bool = False) -> list[str]:
-    """Transcribe 16 kHz mono clips (each at most 30 s) greedily, in batches."""
+    """Transcribe 16 kHz mono clips (each at most 30 s) greedily, in batches, with the decoder of the
+    model's family (Whisper generate, CTC argmax, RNN-T greedy search; see `vernacular.families`)."""
+    from vernacular.families import family_for
+
+    return family_for(model).transcribe(model, processor, audios, settings, device, progress)
+
+
+@torch.no_grad()
+def whisper_transcribe(model, processor, audios: list[np.ndarray], settings: DecodeSettings | None = None,
+                       device: torch.device | str | None = None, progress: bool = False) -> list[str]:
+    """Whisper: batched greedy `generate` with the output cap and the repeat guard."""
     from tqdm.auto import tqdm
 
     settings = settings or DecodeSettings()
