@@ -6,10 +6,16 @@ https://docs.kedro.org/en/stable/configure/configuration_basics/#configuration""
 # For example, after creating a hooks.py and defining a ProjectHooks class there, do
 # from vernacular.hooks import ProjectHooks
 # Hooks are executed in a Last-In-First-Out (LIFO) order.
-# HOOKS = (ProjectHooks(),)
+# MLflow tracking (kedro-mlflow, the `mlflow` extra) only runs where the environment has an
+# mlflow.yml (`kedro run --env mlflow`); without it this hook does nothing (docs/operations.md).
+from vernacular.hooks import mlflow_hook  # noqa: E402
+
+HOOKS = (mlflow_hook,)
 
 # Installed plugins for which to disable hook auto-registration.
-# DISABLE_HOOKS_FOR_PLUGINS = ("kedro-viz",)
+# kedro-mlflow would otherwise track every run into ./mlruns once installed; the hook above
+# wraps it instead. pluggy reports the distribution name with an underscore.
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")
 
 # Class that manages the KedroSession.
 # from kedro.framework.session import KedroSession

@@ -1,0 +1,1 @@
+"""Operational helpers that are not part of a pipeline (documentation screenshots, DAG templates)."""
