@@ -286,3 +286,27 @@ def test_family_selection_and_clear_errors(tiny_models, tmp_path):
         family_for(Wav2Vec2Config(architectures=["Wav2Vec2ForPreTraining"]))
     with pytest.raises(OSError, match="HF_HUB_OFFLINE"):
         family_for("nvidia/not-a-cached-model")
+
+
+@pytest.mark.parametrize("name", ["wav2vec2", "parakeet_ctc", "nemotron3_5_asr"])
+def test_training_loop_trains_every_family(name, tiny_models, speech_clips, tmp_path):
+    """The pipeline's training loop (bucketing, accumulation, validation WER, best adapter) on each family."""
+    from vernacular.training import LoraSettings, TrainSettings, train_lora_adapter
+
+    base = tiny_models[name]
+    processor = load_processor(base)
+    family = family_for(base)
+    rows = [{"utterance_id": f"u{i}", "audio_path": str(write_wav(tmp_path / f"{i}.wav", audio)), "text": text,
+             "speaker": "v", "split": "train" if i < 3 else "validation"} for i, (text, audio) in enumerate(speech_clips)]
+    index = extract_features(pd.DataFrame(rows), processor, tmp_path / "cache", progress=False, family=family)
+    assert index["family"] == family.name
+    settings = TrainSettings(epochs=6, batch_size=2, batching="duration", max_batch_seconds=30.0,
+                             gradient_accumulation_steps=2, learning_rate=3e-3, warmup_ratio=0.0, device="cpu",
+                             progress=False, seed=1, max_validation_utterances=1)
+    lora = LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=family.default_target_modules)
+    model, metrics = train_lora_adapter(base, index, settings, lora, tmp_path / "ckpt")
+    assert metrics["completed"] and metrics["final_loss"] < metrics["first_loss"], metrics["losses"]
+    assert len(metrics["validation_wers"]) == 6 and metrics["best_validation_wer"] == min(
+        w["wer"] for w in metrics["validation_wers"])
+    assert 0 < metrics["trainable_fraction"] < 0.5
+    assert all(isinstance(t, str) for t in family.transcribe(model, processor, [a for _, a in speech_clips[:2]]))

@@ -23,7 +23,7 @@ import torch
 
 from vernacular.audio import TARGET_SAMPLE_RATE, read_audio
 
-FEATURE_FORMAT_VERSION = 3  # 3: the family decides the stored layout; the index records it
+FEATURE_FORMAT_VERSION = 4  # 3: the family decides the stored layout; 4: reference texts stored
 HOP_LENGTH = 160
 WINDOW_HALF = 200  # half of Whisper's 400-sample STFT window
 
@@ -109,7 +109,7 @@ def extract_features(manifest: pd.DataFrame, processor, cache_dir: str | Path, s
         for split in splits:
             part = rows[rows["split"] == split].sort_values("utterance_id")
             record = {"utterance_ids": [], "features": [], "pad_values": [], "labels": [], "durations": [],
-                      "speakers": [], "audio_paths": []}
+                      "speakers": [], "audio_paths": [], "texts": []}
             records = part.to_dict("records")
             for start in tqdm(range(0, len(records), batch_size), desc=f"features {split}", disable=not progress):
                 chunk = records[start:start + batch_size]
@@ -128,6 +128,7 @@ def extract_features(manifest: pd.DataFrame, processor, cache_dir: str | Path, s
                     record["durations"].append(len(audio) / TARGET_SAMPLE_RATE)
                     record["speakers"].append(row["speaker"])
                     record["audio_paths"].append(row["audio_path"])
+                    record["texts"].append(row["text"])  # validation WER scores against the transcript itself
             torch.save(record, tmp / f"{split}.pt")
             counts[split] = len(record["utterance_ids"])
         # n_frames: the fixed input length to pad to (Whisper's 3000); None = pad to the batch's longest clip.

@@ -31,7 +31,7 @@ from vernacular.audio import read_audio
 from vernacular.augment import AugmentSettings, augmented_example
 from vernacular.config import build_settings
 from vernacular.features import load_split, pad_features
-from vernacular.models import device_name, load_whisper, pick_device
+from vernacular.models import device_name, load_model, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -186,10 +186,10 @@ def build_peft_config(model, adapter: LoraSettings):
 
 
 def collate(batch: list[dict], pad_token_id: int, n_frames: int = 3000) -> dict:
-    """Pad features to Whisper's window and build teacher-forcing inputs and labels.
+    """Whisper batch: features padded to the 30-s window, teacher-forcing inputs and labels.
 
-    Examples carrying `encoder_output` (cached frozen-encoder states) give `encoder_outputs` instead
-    of `input_features`.
+    Examples carrying `encoder_output` (cached frozen-encoder states) give `encoder_hidden_states`
+    instead of `input_features`. Other families collate with `ModelFamily.collate`.
     """
     longest = max(len(b["labels"]) for b in batch) - 1
     decoder_input_ids = torch.full((len(batch), longest), pad_token_id, dtype=torch.long)
@@ -219,10 +219,12 @@ def label_tokens(batch: dict) -> int:
 
 
 def _examples(split: dict) -> list[dict]:
-    durations = split.get("durations") or [None] * len(split["labels"])
-    return [{"features": f, "pad_value": p, "labels": l, "audio_path": a, "duration": d}
-            for f, p, l, a, d in zip(split["features"], split["pad_values"], split["labels"], split["audio_paths"],
-                                     durations)]
+    n = len(split["labels"])
+    durations = split.get("durations") or [None] * n
+    texts = split.get("texts") or [None] * n
+    return [{"features": f, "pad_value": p, "labels": l, "audio_path": a, "duration": d, "text": t}
+            for f, p, l, a, d, t in zip(split["features"], split["pad_values"], split["labels"], split["audio_paths"],
+                                        durations, texts)]
 
 
 def _duration(example: dict) -> float:
@@ -285,9 +287,9 @@ def _epoch_of_steps(examples: list[dict], settings: TrainSettings, world_size: i
 class _MicroBatches(torch.utils.data.Dataset):
     """Collated micro-batches in plan order; augmentation (reading audio) runs in the workers."""
 
-    def __init__(self, examples, micro_batches, epochs, pad_id, n_frames, feature_extractor, augmentation, seed):
+    def __init__(self, examples, micro_batches, epochs, collate_fn, feature_extractor, augmentation, seed):
         self.examples, self.micro_batches, self.epochs = examples, micro_batches, epochs
-        self.pad_id, self.n_frames = pad_id, n_frames
+        self.collate_fn = collate_fn
         self.feature_extractor, self.augmentation, self.seed = feature_extractor, augmentation, seed
 
     def __len__(self) -> int:
@@ -299,7 +301,7 @@ class _MicroBatches(torch.utils.data.Dataset):
         if self.augmentation is not None and self.augmentation.enabled:
             batch = [_augmented(ex, self.feature_extractor, self.augmentation,
                                 (self.seed * 1_000_003 + epoch) * 1_000_003 + i) for ex, i in zip(batch, ids)]
-        return collate(batch, self.pad_id, self.n_frames)
+        return self.collate_fn(batch)
 
 
 def _augmented(example: dict, feature_extractor, augmentation: AugmentSettings, seed: int) -> dict:
@@ -388,13 +390,13 @@ def latest_checkpoint(directory: Path) -> Path | None:
 
 
 @torch.no_grad()
-def _validation_loss(model, examples, batch_size, pad_id, device, autocast_ctx, n_frames) -> float | None:
+def _validation_loss(model, examples, batch_size, collate_fn, device, autocast_ctx) -> float | None:
     if not examples:
         return None
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size], pad_id, n_frames).items()}
+        batch = {k: v.to(device) for k, v in collate_fn(examples[start:start + batch_size]).items()}
         with autocast_ctx:
             loss = model(**model_inputs(batch)).loss
         n_tokens = label_tokens(batch)
@@ -405,19 +407,19 @@ def _validation_loss(model, examples, batch_size, pad_id, device, autocast_ctx, 
 
 
 @torch.no_grad()
-def _validation_wer(model, processor, examples: list[dict], autocast_ctx, batch_size: int) -> float | None:
+def _validation_wer(model, processor, family, examples: list[dict], autocast_ctx, batch_size: int) -> float | None:
     """Greedy-decode the validation examples (from their audio) and score normalised WER."""
     from vernacular.metrics import error_rates, normalise
-    from vernacular.transcribe import DecodeSettings, transcribe
+    from vernacular.transcribe import DecodeSettings
 
     if not examples:
         return None
-    tokenizer = processor.tokenizer
-    references = [tokenizer.decode(ex["labels"], skip_special_tokens=True).strip() for ex in examples]
+    references = [ex["text"] if ex.get("text") is not None
+                  else processor.tokenizer.decode(ex["labels"], skip_special_tokens=True).strip() for ex in examples]
     audios = [read_audio(ex["audio_path"]) for ex in examples]
     model.eval()
     with autocast_ctx:
-        hypotheses = transcribe(model, processor, audios, DecodeSettings(batch_size=batch_size))
+        hypotheses = family.transcribe(model, processor, audios, DecodeSettings(batch_size=batch_size))
     model.train()
     norm = "whisper_english"
     rates = error_rates([normalise(r, norm) for r in references], [normalise(h, norm) for h in hypotheses])
@@ -488,11 +490,14 @@ def _train(base_model, features_index, settings: TrainSettings, lora: LoraSettin
     is_main = accelerator.is_main_process
     _seed_step(settings.seed, 0, 0)  # the adapter's initial weights are the same in every process
 
-    model, processor = load_whisper(base_model, device="cpu")
-    model.config.use_cache = False
+    model, processor, family = load_model(base_model, device="cpu")
+    family.prepare_for_training(model)  # no KV cache, LayerDrop 0, frozen feature encoder where usual
     peft_config = build_peft_config(model, lora)
     model = get_peft_model(model, peft_config)
     augmentation = augmentation or AugmentSettings()
+    if family.name != "whisper" and (settings.cache_encoder_outputs or augmentation.enabled):
+        raise ValueError(f"training.cache_encoder_outputs and augmentation work with Whisper models only; the base "
+                         f"model {base_model['name_or_path']!r} is a {family.name} model: turn them off")
     if settings.cache_encoder_outputs:
         in_encoder = [n for n, p in model.named_parameters() if p.requires_grad and ".encoder." in n]
         if in_encoder:
@@ -512,8 +517,15 @@ def _train(base_model, features_index, settings: TrainSettings, lora: LoraSettin
     if not train:
         raise ValueError("the train split is empty: check the split fractions and the quarantine report")
     validation = _examples(load_split(features_index, "validation")) if "validation" in features_index["splits"] else []
-    n_frames = int(features_index.get("n_frames", 3000))
-    pad_id = processor.tokenizer.eos_token_id
+    n_frames = features_index.get("n_frames", 3000)  # None: padded to each batch's longest clip (CTC, RNN-T)
+    if features_index.get("family", family.name) != family.name:
+        raise ValueError(f"the feature cache {features_index['path']} was built for a {features_index['family']} model "
+                         f"but the base model is a {family.name} model: rerun the features stage")
+
+    def collate_fn(examples: list[dict]) -> dict:
+        if "encoder_output" in examples[0]:
+            return collate(examples, processor.tokenizer.eos_token_id, n_frames)
+        return family.collate(examples, processor, n_frames)
     plan = training_plan(train, settings, world)
     step_epochs = _epoch_of_steps(train, settings, world)[:len(plan)]
     total_steps = len(plan)
@@ -552,8 +564,8 @@ def _train(base_model, features_index, settings: TrainSettings, lora: LoraSettin
     micro = [(ids, step_epochs[s]) for s in range(state["step"], total_steps)
              for ids, _ in _rank_share(plan[s], rank, world)]
     loader = torch.utils.data.DataLoader(
-        _MicroBatches(train, [m[0] for m in micro], [m[1] for m in micro], pad_id, n_frames, processor.feature_extractor,
-                      augmentation, settings.seed),
+        _MicroBatches(train, [m[0] for m in micro], [m[1] for m in micro], collate_fn,
+                      getattr(processor, "feature_extractor", None), augmentation, settings.seed),
         batch_size=None, shuffle=False, num_workers=settings.num_workers, pin_memory=_pin(settings, device),
         persistent_workers=False)
     batches = iter(loader)
@@ -609,8 +621,8 @@ def _train(base_model, features_index, settings: TrainSettings, lora: LoraSettin
         evaluate_now = (state["step"] % settings.eval_every_steps == 0 or state["step"] == total_steps) \
             if settings.eval_every_steps else end_of_epoch
         if evaluate_now:
-            _evaluate(unwrapped, processor, validation, val_subset, settings, state, epoch, pad_id, device,
-                      autocast_ctx, n_frames, accelerator, checkpoint_dir)
+            _evaluate(unwrapped, processor, family, validation, val_subset, settings, state, epoch, collate_fn, device,
+                      autocast_ctx, accelerator, checkpoint_dir)
         state["epoch"] = epoch + (1.0 if end_of_epoch else 0.0)
         state["train_seconds"] = elapsed_before + time.perf_counter() - started
         if is_main and (evaluate_now or end_of_epoch or state["step"] % settings.checkpoint_every_steps == 0
@@ -686,14 +698,14 @@ def _all_reduce_sum(value: float, accelerator) -> float:
     return float(accelerator.reduce(tensor, reduction="sum").item())
 
 
-def _evaluate(model, processor, validation, val_subset, settings, state, epoch, pad_id, device, autocast_ctx,
-              n_frames, accelerator, checkpoint_dir) -> None:
+def _evaluate(model, processor, family, validation, val_subset, settings, state, epoch, collate_fn, device,
+              autocast_ctx, accelerator, checkpoint_dir) -> None:
     """Validation loss and WER (main process), early stopping and best-adapter bookkeeping (all processes)."""
     record = None
     if accelerator.is_main_process:
-        val_loss = _validation_loss(model, validation, settings.batch_size, pad_id, device, autocast_ctx, n_frames)
+        val_loss = _validation_loss(model, validation, settings.batch_size, collate_fn, device, autocast_ctx)
         state["validation_losses"].append({"epoch": epoch + 1, "step": state["step"], "loss": val_loss})
-        wer = _validation_wer(model, processor, val_subset, autocast_ctx, settings.batch_size) \
+        wer = _validation_wer(model, processor, family, val_subset, autocast_ctx, settings.batch_size) \
             if settings.validation_wer else None
         if wer is not None:
             state["validation_wers"].append({"epoch": epoch + 1, "step": state["step"], "wer": wer})
@@ -751,7 +763,7 @@ def launch_distributed(base_model: dict, features_index: dict, settings: TrainSe
             raise RuntimeError(f"distributed training failed (exit {result.returncode}); see the ranks' output above. "
                                f"Command: {' '.join(command)}")
         metrics = json.loads((work / "out" / "metrics.json").read_text())
-        base, _ = load_whisper(base_model, device="cpu")
+        base, _, _ = load_model(base_model, device="cpu")
         model = PeftModel.from_pretrained(base, str(work / "out" / "adapter"))
         model.to(pick_device(settings.device)).eval()
         for p in model.parameters():
