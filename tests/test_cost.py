@@ -499,3 +499,9 @@ def test_reporting_node_through_kedro_logs_the_page_link(tmp_path):
     assert CPU_LABEL in page.read_text() and "data:image/png;base64," in page.read_text()
     for name in ("cost_report.md", "cost_plot.png", "cost_metrics.json"):
         assert len(list((root / "data/08_reporting/finance" / name).iterdir())) == 1, name
+
+
+def test_wer_without_an_interval_prints_the_rate_alone():
+    # a test set too small for the bootstrap gives (None, None): the page must still render
+    assert WerFigure(0.5, (None, None)).text() == "50.0%"
+    assert WerFigure(0.5, (0.4, 0.6)).text() == "50.0% [40.0, 60.0]"

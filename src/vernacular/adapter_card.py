@@ -559,8 +559,10 @@ def _evaluation_section(eval_metrics: dict, facts: dict) -> list[str]:
     out.append("")
     diff = eval_metrics.get("wer_difference") or {}
     if diff.get("difference") is not None:
-        out.append(f"Paired difference adapter - base: {100 * diff['difference']:+.1f} WER points "
-                   f"[{100 * diff['low']:+.1f}, {100 * diff['high']:+.1f}], p {_p(diff.get('p_value'))} "
+        interval = (f" [{100 * diff['low']:+.1f}, {100 * diff['high']:+.1f}]"
+                    if diff.get("low") is not None and diff.get("high") is not None else " (no interval: too few utterances)")
+        out.append(f"Paired difference adapter - base: {100 * diff['difference']:+.1f} WER points"
+                   f"{interval}, p {_p(diff.get('p_value'))} "
                    f"({diff.get('n_resamples')} bootstrap resamples).")
     sign = ((eval_metrics.get("statistics") or {}).get("overall") or {}).get("sign_test")
     if sign:

@@ -124,7 +124,8 @@ class WerFigure:
     ci: tuple[float, float] | None = None
 
     def text(self) -> str:
-        ci = f" [{100 * self.ci[0]:.1f}, {100 * self.ci[1]:.1f}]" if self.ci else ""
+        # the bootstrap gives no interval on a tiny test set: (None, None)
+        ci = f" [{100 * self.ci[0]:.1f}, {100 * self.ci[1]:.1f}]" if self.ci and None not in self.ci else ""
         return f"{100 * self.wer:.1f}%{ci}"
 
 

@@ -41,7 +41,7 @@ def device_price(prices: dict, device: str, device_name: str) -> tuple[float, st
 def _wer(eval_metrics: dict, name: str) -> WerFigure:
     normalised = eval_metrics[name]["normalised"]
     ci = normalised.get("wer_ci")  # absent in metrics written before the intervals existed
-    return WerFigure(float(normalised["wer"]), tuple(ci) if ci else None)
+    return WerFigure(float(normalised["wer"]), tuple(ci) if ci and None not in ci else None)  # tiny sets: no CI
 
 
 def report_costs(training_metrics: dict, eval_metrics: dict, prices: dict, cost: dict, vertical: str):
