@@ -30,7 +30,7 @@ def features_index(tmp_path_factory, tiny_whisper, speech_clips):
 
 def settings(**overrides) -> TrainSettings:
     values = dict(epochs=8, batch_size=3, learning_rate=3e-2, warmup_ratio=0.0, checkpoint_every_steps=2,
-                  device="cpu", progress=False, seed=3)
+                  device="cpu", progress=False, seed=3, validation_wer=False)  # WER: test_training_scale.py
     values.update(overrides)
     return TrainSettings(**values)
 
