@@ -46,7 +46,7 @@ def test_label_ids_carry_the_transcription_prompt(processor):
 def test_cache_is_reused_and_invalidated_by_content(processor, manifest, tmp_path):
     first = extract_features(manifest, processor, tmp_path / "cache", progress=False)
     assert first["reused"] is False and first["counts"] == {"train": 3, "validation": 1}
-    stored = tmp_path / "cache" / first["fingerprint"] / "train.pt"
+    stored = tmp_path / "cache" / first["fingerprint"] / first["shards"]["train"][0]
     mtime = stored.stat().st_mtime_ns
     second = extract_features(manifest, processor, tmp_path / "cache", progress=False)
     assert second["reused"] is True and second["fingerprint"] == first["fingerprint"]
@@ -65,3 +65,19 @@ def test_overlong_transcripts_are_reported_not_dropped_silently(processor, manif
     index = extract_features(manifest, processor, tmp_path / "cache", max_label_tokens=8, progress=False)
     assert index["skipped"] and all("tokens >" in s["reason"] for s in index["skipped"])
     assert sum(index["counts"].values()) + len(index["skipped"]) == len(manifest)
+
+
+def test_splits_are_written_in_shards_and_read_back_whole(processor, manifest, tmp_path, monkeypatch):
+    import vernacular.features as features
+
+    whole = extract_features(manifest, processor, tmp_path / "one", progress=False)
+    monkeypatch.setattr(features, "SHARD_UTTERANCES", 2)  # 3 train utterances -> shards of 2 + 1
+    sharded = extract_features(manifest, processor, tmp_path / "two", progress=False)
+    assert sharded["shards"]["train"] == ["train-00000.pt", "train-00001.pt"]
+    assert sharded["shards"]["validation"] == ["validation-00000.pt"]
+    a, b = load_split(whole, "train"), load_split(sharded, "train")
+    assert a["utterance_ids"] == b["utterance_ids"] and a["labels"] == b["labels"]
+    assert all(torch.equal(x, y) for x, y in zip(a["features"], b["features"]))
+    (tmp_path / "two" / sharded["fingerprint"] / "train-00001.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="rerun the features stage"):
+        load_split(sharded, "train")

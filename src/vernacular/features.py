@@ -23,7 +23,8 @@ import torch
 
 from vernacular.audio import TARGET_SAMPLE_RATE, read_audio
 
-FEATURE_FORMAT_VERSION = 4  # 3: the family decides the stored layout; 4: reference texts stored
+FEATURE_FORMAT_VERSION = 5  # 3: the family decides the layout; 4: reference texts; 5: shards
+SHARD_UTTERANCES = 256  # a split is written in shards of this many utterances: memory stays flat
 HOP_LENGTH = 160
 WINDOW_HALF = 200  # half of Whisper's 400-sample STFT window
 
@@ -82,9 +83,10 @@ def extract_features(manifest: pd.DataFrame, processor, cache_dir: str | Path, s
     """Compute (or reuse) features for `splits`; return the index describing the cache entry.
 
     `family`: a `vernacular.families.ModelFamily` or its name; None means Whisper and is only
-    accepted with a WhisperProcessor. The cache entry is `cache_dir/<fingerprint>/` with one
-    `<split>.pt` per split. When it already exists the work is skipped and `reused` is True in the
-    returned index.
+    accepted with a WhisperProcessor. The cache entry is `cache_dir/<fingerprint>/` with shards
+    `<split>-NNNNN.pt` of at most SHARD_UTTERANCES utterances, each written as soon as it is full, so
+    the stage's memory does not grow with the corpus. When the entry already exists the work is
+    skipped and `reused` is True in the returned index.
     """
     from tqdm.auto import tqdm
 
@@ -103,13 +105,21 @@ def extract_features(manifest: pd.DataFrame, processor, cache_dir: str | Path, s
         return index
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{fingerprint}."))
-    skipped, counts, with_unknown = [], {}, 0
+    skipped, counts, shards, with_unknown = [], {}, {}, 0
     unk_id = family.unknown_token_id(processor)
     try:
         for split in splits:
             part = rows[rows["split"] == split].sort_values("utterance_id")
-            record = {"utterance_ids": [], "features": [], "pad_values": [], "labels": [], "durations": [],
-                      "speakers": [], "audio_paths": [], "texts": []}
+            record = _empty_record()
+            shards[split], counts[split] = [], 0
+
+            def flush(record: dict, split: str = split) -> dict:
+                name = f"{split}-{len(shards[split]):05d}.pt"
+                torch.save(record, tmp / name)
+                shards[split].append(name)
+                counts[split] += len(record["utterance_ids"])
+                return _empty_record()
+
             records = part.to_dict("records")
             for start in tqdm(range(0, len(records), batch_size), desc=f"features {split}", disable=not progress):
                 chunk = records[start:start + batch_size]
@@ -129,12 +139,14 @@ def extract_features(manifest: pd.DataFrame, processor, cache_dir: str | Path, s
                     record["speakers"].append(row["speaker"])
                     record["audio_paths"].append(row["audio_path"])
                     record["texts"].append(row["text"])  # validation WER scores against the transcript itself
-            torch.save(record, tmp / f"{split}.pt")
-            counts[split] = len(record["utterance_ids"])
+                    if len(record["utterance_ids"]) >= SHARD_UTTERANCES:
+                        record = flush(record)
+            if record["utterance_ids"] or not shards[split]:
+                flush(record)
         # n_frames: the fixed input length to pad to (Whisper's 3000); None = pad to the batch's longest clip.
         # n_mels: the feature extractor's feature_size (1 for a raw waveform).
         index = {"fingerprint": fingerprint, "path": str(entry.resolve()), "splits": list(splits),
-                 "counts": counts, "skipped": skipped, "n_mels": int(processor.feature_extractor.feature_size),
+                 "counts": counts, "shards": shards, "skipped": skipped, "n_mels": int(processor.feature_extractor.feature_size),
                  "n_frames": family.fixed_frames(processor), "family": family.name,
                  "feature_layout": family.feature_layout, "labels_with_unknown_tokens": int(with_unknown),
                  "format_version": FEATURE_FORMAT_VERSION}
@@ -147,8 +159,24 @@ def extract_features(manifest: pd.DataFrame, processor, cache_dir: str | Path, s
     return index
 
 
+def _empty_record() -> dict:
+    return {"utterance_ids": [], "features": [], "pad_values": [], "labels": [], "durations": [], "speakers": [],
+            "audio_paths": [], "texts": []}
+
+
 def load_split(index: dict, split: str) -> dict:
-    path = Path(index["path"]) / f"{split}.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: feature cache entry is missing; rerun the features stage")
-    return torch.load(path, weights_only=True)
+    """One split of a cache entry. Shards are memory-mapped: features are read from disk when used
+    (the page cache can drop them again), so training does not hold the corpus in RAM."""
+    names = (index.get("shards") or {}).get(split)
+    if names is None:
+        raise FileNotFoundError(f"{index['path']}: no shards for split {split!r} in this feature cache (format "
+                                f"{index.get('format_version')}); rerun the features stage")
+    out = _empty_record()
+    for name in names:
+        path = Path(index["path"]) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: feature cache entry is missing; rerun the features stage")
+        part = torch.load(path, weights_only=True, mmap=True)
+        for key in out:
+            out[key].extend(part.get(key, []))
+    return out
