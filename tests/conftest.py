@@ -62,3 +62,19 @@ def speech_clips() -> list[tuple[str, np.ndarray]]:
              "The lungs are clear.", "Small left pleural effusion."]
     voices = ["en-us+m3", "en-gb-x-rp+f2", "en-029+m1", "en-us+m3"]
     return [(t, synthesize(t, v)) for t, v in zip(texts, voices)]
+
+
+@pytest.fixture(scope="session")
+def features_index(tmp_path_factory, tiny_whisper, speech_clips) -> dict:
+    """Cached features of the speech clips for the tiny Whisper: 3 train utterances, 1 validation."""
+    import pandas as pd
+    from transformers import WhisperProcessor
+
+    from vernacular.audio import write_wav
+    from vernacular.features import extract_features
+
+    folder = tmp_path_factory.mktemp("train-data")
+    rows = [{"utterance_id": f"u{i}", "audio_path": str(write_wav(folder / f"{i}.wav", audio)), "text": text,
+             "speaker": "v", "split": "train" if i < 3 else "validation"} for i, (text, audio) in enumerate(speech_clips)]
+    return extract_features(pd.DataFrame(rows), WhisperProcessor.from_pretrained(tiny_whisper["local_dir"]),
+                            folder / "cache", progress=False)

@@ -4,28 +4,13 @@ from __future__ import annotations
 
 import json
 
-import pandas as pd
 import pytest
 import torch
 from peft import PeftModel, get_peft_model_state_dict
-from transformers import WhisperProcessor
 
-from vernacular.audio import write_wav
 from vernacular.catalog_datasets import AdapterDataset
-from vernacular.features import extract_features
 from vernacular.models import load_whisper
 from vernacular.training import LoraSettings, TrainSettings, latest_checkpoint, train_lora_adapter
-
-
-@pytest.fixture(scope="module")
-def features_index(tmp_path_factory, tiny_whisper, speech_clips):
-    folder = tmp_path_factory.mktemp("train-data")
-    rows = []
-    for i, (text, audio) in enumerate(speech_clips):
-        rows.append({"utterance_id": f"u{i}", "audio_path": str(write_wav(folder / f"{i}.wav", audio)), "text": text,
-                     "speaker": "v", "split": "train" if i < 3 else "validation"})
-    processor = WhisperProcessor.from_pretrained(tiny_whisper["local_dir"])
-    return extract_features(pd.DataFrame(rows), processor, folder / "cache", progress=False)
 
 
 def settings(**overrides) -> TrainSettings:

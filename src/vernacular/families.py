@@ -156,6 +156,11 @@ def whisper_collate(examples: list[dict], pad_token_id: int, n_frames: int = 300
     from vernacular.features import pad_features
 
     features = pad_features([b["features"] for b in examples], [b["pad_value"] for b in examples], n_frames)
+    return {"input_features": features, **whisper_teacher_forcing(examples, pad_token_id)}
+
+
+def whisper_teacher_forcing(examples: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """`decoder_input_ids` (ids[:-1], padded with pad_token_id) and `labels` (ids[1:], padded with -100)."""
     longest = max(len(b["labels"]) for b in examples) - 1
     decoder_input_ids = torch.full((len(examples), longest), pad_token_id, dtype=torch.long)
     labels = torch.full((len(examples), longest), IGNORE_INDEX, dtype=torch.long)
@@ -163,7 +168,7 @@ def whisper_collate(examples: list[dict], pad_token_id: int, n_frames: int = 300
         ids = torch.tensor(b["labels"], dtype=torch.long)
         decoder_input_ids[i, : len(ids) - 1] = ids[:-1]
         labels[i, : len(ids) - 1] = ids[1:]
-    return {"input_features": features, "decoder_input_ids": decoder_input_ids, "labels": labels}
+    return {"decoder_input_ids": decoder_input_ids, "labels": labels}
 
 
 # --- shared by CTC and RNN-T ------------------------------------------------------------------------
@@ -265,6 +270,14 @@ class _SequenceFamily(ModelFamily):
             labels[i, :len(ex["labels"])] = torch.tensor(ex["labels"], dtype=torch.long)
         return labels
 
+    def _decode_inputs(self, processor, chunk, device, dtype):
+        """(examples, padded model inputs on `device`) for a chunk of audio clips."""
+        examples = [{"features": f, "pad_value": p} for f, p in self.features(processor, chunk)]
+        batch = self._pad_inputs(examples, processor)
+        name = processor.feature_extractor.model_input_names[0]
+        batch[name] = batch[name].to(device, dtype)
+        return examples, {k: v.to(device) for k, v in batch.items()}
+
     def _batches(self, audios, settings, progress):
         from tqdm.auto import tqdm
 
@@ -331,11 +344,7 @@ class CTCFamily(_SequenceFamily):
         blank = _unwrap(model).config.pad_token_id
         texts = []
         for chunk in self._batches(audios, settings, progress):
-            examples = [{"features": f, "pad_value": p} for f, p in self.features(processor, chunk)]
-            batch = self._pad_inputs(examples, processor)
-            name = processor.feature_extractor.model_input_names[0]
-            batch[name] = batch[name].to(device, dtype)
-            batch = {k: v.to(device) for k, v in batch.items()}
+            examples, batch = self._decode_inputs(processor, chunk, device, dtype)
             ids = model(**batch).logits.argmax(-1).cpu()
             lengths = self._output_lengths(model, torch.tensor([ex["features"].shape[0] for ex in examples]))
             for row, length in zip(ids, lengths.tolist()):
@@ -430,11 +439,7 @@ class RNNTFamily(_SequenceFamily):
             kwargs["decoder_start_token_id"] = blank  # the predictor starts from blank (NeMo's SOS)
         texts = []
         for chunk in self._batches(audios, settings, progress):
-            examples = [{"features": f, "pad_value": p} for f, p in self.features(processor, chunk)]
-            batch = self._pad_inputs(examples, processor)
-            name = processor.feature_extractor.model_input_names[0]
-            batch[name] = batch[name].to(device, dtype)
-            batch = {k: v.to(device) for k, v in batch.items()}
+            examples, batch = self._decode_inputs(processor, chunk, device, dtype)
             prompts = self._prompt_ids(processor, len(chunk))
             if prompts is not None:
                 batch["prompt_ids"] = prompts.to(device)

@@ -191,19 +191,12 @@ def collate(batch: list[dict], pad_token_id: int, n_frames: int = 3000) -> dict:
     Examples carrying `encoder_output` (cached frozen-encoder states) give `encoder_hidden_states`
     instead of `input_features`. Other families collate with `ModelFamily.collate`.
     """
-    longest = max(len(b["labels"]) for b in batch) - 1
-    decoder_input_ids = torch.full((len(batch), longest), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(batch), longest), IGNORE_INDEX, dtype=torch.long)
-    for i, b in enumerate(batch):
-        ids = torch.tensor(b["labels"], dtype=torch.long)
-        decoder_input_ids[i, : len(ids) - 1] = ids[:-1]
-        labels[i, : len(ids) - 1] = ids[1:]
-    out = {"decoder_input_ids": decoder_input_ids, "labels": labels}
-    if "encoder_output" in batch[0]:
-        out["encoder_hidden_states"] = torch.stack([b["encoder_output"] for b in batch]).float()
-    else:
-        out["input_features"] = pad_features([b["features"] for b in batch], [b["pad_value"] for b in batch], n_frames)
-    return out
+    from vernacular.families import whisper_collate, whisper_teacher_forcing
+
+    if "encoder_output" not in batch[0]:
+        return whisper_collate(batch, pad_token_id, n_frames)
+    return {"encoder_hidden_states": torch.stack([b["encoder_output"] for b in batch]).float(),
+            **whisper_teacher_forcing(batch, pad_token_id)}
 
 
 def model_inputs(batch: dict) -> dict:
