@@ -112,3 +112,28 @@ def test_rerun_with_unchanged_inputs_reuses_features_and_does_not_resynthesise(p
     first, second = (json.loads((p / "features_index.json").read_text()) for p in indexes)
     assert first["reused"] is False and second["reused"] is True
     assert first["fingerprint"] == second["fingerprint"]
+
+
+def test_full_rerun_reuses_the_evaluation_and_a_changed_setting_does_not(project):
+    from kedro.framework.session import KedroSession
+
+    root, base_cache = project
+    folder = root / "data/08_reporting/radiology/eval_metrics.json"
+    before = len(list(folder.iterdir()))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        with KedroSession.create(project_path=root, runtime_params=tiny_params(base_cache)) as session:
+            session.run(pipeline_name="radiology", from_nodes=["radiology.evaluate_on_test"])
+    first, rerun = (json.loads((p / "eval_metrics.json").read_text()) for p in sorted(folder.iterdir())[:1] +
+                    sorted(folder.iterdir())[before:before + 1])
+    assert len(list(folder.iterdir())) == before + 1  # a new version, nothing overwritten
+    assert rerun["reused_from"] and first["reused_from"] is None
+    assert rerun["adapter"]["normalised"]["wer"] == first["adapter"]["normalised"]["wer"]
+    changed = tiny_params(base_cache)
+    changed["radiology"]["evaluation"]["max_utterances"] = 3
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        with KedroSession.create(project_path=root, runtime_params=changed) as session:
+            session.run(pipeline_name="radiology", from_nodes=["radiology.evaluate_on_test"])
+    latest_metrics = json.loads(latest(folder).read_text())
+    assert latest_metrics["reused_from"] is None and latest_metrics["n_utterances"] == 3

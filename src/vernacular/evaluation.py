@@ -4,8 +4,12 @@ per-group breakdowns, domain-term recall, a forgetting check on general speech, 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +44,7 @@ class EvaluationSettings:
     key_terms: list[str] = field(default_factory=list)
     forgetting: dict = field(default_factory=dict)  # ForgettingSettings
     forgetting_margin: float = 2.0  # percentage points of WER the adapter may lose on general speech
+    reuse_cached: bool = True  # a rerun with the same model, adapter weights, test rows and settings reuses the result
 
     @classmethod
     def from_dict(cls, values: dict) -> "EvaluationSettings":
@@ -222,6 +227,69 @@ def evaluate_adapter(test: pd.DataFrame, base_model: dict, adapter_dir: str,
         metrics["forgetting"]["examples"] = [
             {"reference": r, "base": b, "adapter": a}
             for r, b, a in zip(control["text"], hyps["base"], hyps["adapter"]) if b != a][:5]
+    return metrics, transcripts
+
+
+def _hash_files(digest, folder: Path, patterns: tuple[str, ...]) -> None:
+    for pattern in patterns:
+        for path in sorted(folder.glob(pattern)):
+            digest.update(path.name.encode())
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+
+
+def evaluation_fingerprint(test: pd.DataFrame, base_model: dict, adapter_dir: str, settings: EvaluationSettings,
+                           device: str, exclude_texts=()) -> str:
+    """Hash of everything an evaluation result depends on: base weights, adapter weights, test rows
+    (with their audio files' size and time), settings, device type and the excluded sentences."""
+    from dataclasses import asdict
+
+    digest = hashlib.sha256(f"eval-v1|{base_model['name_or_path']}|{base_model.get('family')}|{device}".encode())
+    if base_model.get("local_dir"):
+        _hash_files(digest, Path(base_model["local_dir"]), ("config.json", "*.safetensors", "*.bin"))
+    _hash_files(digest, Path(adapter_dir), ("adapter_config.json", "adapter_model.*"))
+    digest.update(json.dumps({k: v for k, v in asdict(settings).items() if k not in ("progress", "reuse_cached")},
+                             sort_keys=True, default=str).encode())
+    for row in test.sort_values("utterance_id").to_dict("records"):
+        stat = os.stat(row["audio_path"])
+        digest.update(f"{row['utterance_id']}|{row['text']}|{row['audio_path']}|{stat.st_size}|{stat.st_mtime_ns}\n"
+                      .encode())
+    digest.update(json.dumps(sorted(_key(t) for t in exclude_texts)).encode())
+    return digest.hexdigest()[:20]
+
+
+def evaluate_adapter_cached(test: pd.DataFrame, base_model: dict, adapter_dir: str, settings: EvaluationSettings,
+                            cache_dir: str | Path | None, control_cache_dir: str | Path | None = None,
+                            exclude_texts=()) -> tuple[dict, pd.DataFrame]:
+    """`evaluate_adapter`, reusing the stored result of an identical earlier evaluation.
+
+    The result is stored under `cache_dir/<fingerprint>/` (see `evaluation_fingerprint`). A reused
+    result says so in `metrics["reused_from"]`; its latency figures are those measured then.
+    """
+    if cache_dir is None or not settings.reuse_cached:
+        return evaluate_adapter(test, base_model, adapter_dir, settings, control_cache_dir, exclude_texts)
+    device = pick_device(settings.device).type
+    key = evaluation_fingerprint(test, base_model, adapter_dir, settings, device, exclude_texts)
+    entry = Path(cache_dir) / key
+    if (entry / "metrics.json").is_file() and (entry / "transcripts.pkl").is_file():
+        metrics = json.loads((entry / "metrics.json").read_text())
+        metrics["reused_from"] = str(entry)
+        log.info("evaluation unchanged (same base, adapter weights, test rows and settings): reusing %s", entry)
+        return metrics, pd.read_pickle(entry / "transcripts.pkl")
+    metrics, transcripts = evaluate_adapter(test, base_model, adapter_dir, settings, control_cache_dir, exclude_texts)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{key}."))
+    try:
+        (tmp / "metrics.json").write_text(json.dumps(metrics, default=str))
+        transcripts.to_pickle(tmp / "transcripts.pkl")
+        if entry.exists():
+            shutil.rmtree(entry)
+        os.replace(tmp, entry)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    metrics["reused_from"] = None
     return metrics, transcripts
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from vernacular.evaluation import EvaluationSettings, evaluate_adapter, headline, render_summary
+from vernacular.evaluation import EvaluationSettings, evaluate_adapter_cached, headline, render_summary
 from vernacular.plots import plot_group_wer, plot_utterance_scatter
 
 log = logging.getLogger(__name__)
@@ -21,8 +21,9 @@ def evaluate_on_test(manifest: pd.DataFrame, base_model: dict, adapter: str, tra
     # The forgetting check must not score sentences the adapter was trained on.
     seen = manifest.loc[manifest["split"] != "test", "text"].astype(str).tolist()
     control_cache = Path(storage["synthetic_dir"]).parent / "control"
-    metrics, transcripts = evaluate_adapter(test, base_model, adapter, settings, control_cache_dir=control_cache,
-                                            exclude_texts=seen)
+    metrics, transcripts = evaluate_adapter_cached(test, base_model, adapter, settings,
+                                                   cache_dir=storage.get("evaluation_cache_dir"),
+                                                   control_cache_dir=control_cache, exclude_texts=seen)
     metrics["vertical"] = vertical
     metrics["adapter_path"] = adapter
     metrics["training_run"] = training_metrics["run_id"]
