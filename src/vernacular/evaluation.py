@@ -8,8 +8,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ from vernacular.config import build_settings
 from vernacular.audio import read_audio
 from vernacular.metrics import (PAIRED_TEST, compare_systems, evaluate, forgetting_check, normalise,
                                 per_utterance_errors, term_recall, worst_groups)
+from vernacular.fileio import write_directory_atomically
 from vernacular.models import device_name, load_model, pick_device
 from vernacular.transcribe import DecodeSettings, build_segments, measure_latency, transcribe
 
@@ -278,17 +277,11 @@ def evaluate_adapter_cached(test: pd.DataFrame, base_model: dict, adapter_dir: s
         log.info("evaluation unchanged (same base, adapter weights, test rows and settings): reusing %s", entry)
         return metrics, pd.read_pickle(entry / "transcripts.pkl")
     metrics, transcripts = evaluate_adapter(test, base_model, adapter_dir, settings, control_cache_dir, exclude_texts)
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{key}."))
-    try:
+    def write(tmp: Path) -> None:
         (tmp / "metrics.json").write_text(json.dumps(metrics, default=str))
         transcripts.to_pickle(tmp / "transcripts.pkl")
-        if entry.exists():
-            shutil.rmtree(entry)
-        os.replace(tmp, entry)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_directory_atomically(entry, write)
     metrics["reused_from"] = None
     return metrics, transcripts
 

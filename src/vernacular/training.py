@@ -31,6 +31,7 @@ from vernacular.audio import read_audio
 from vernacular.augment import AugmentSettings, augmented_example
 from vernacular.config import build_settings
 from vernacular.features import load_split, pad_features
+from vernacular.fileio import write_directory_atomically
 from vernacular.models import device_name, load_model, pick_device
 
 log = logging.getLogger(__name__)
@@ -335,20 +336,6 @@ def run_fingerprint(base_model: dict, features_index: dict, settings: TrainSetti
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _atomic_dir(final: Path, write) -> Path:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
-    try:
-        write(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
-
-
 def _save_checkpoint(directory: Path, model, optimizer, scheduler, scaler, state: dict, keep: int) -> Path:
     from peft import get_peft_model_state_dict
 
@@ -358,7 +345,7 @@ def _save_checkpoint(directory: Path, model, optimizer, scheduler, scaler, state
                    tmp / "state.pt")
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
 
-    final = _atomic_dir(directory / f"step-{state['step']:07d}", write)
+    final = write_directory_atomically(directory / f"step-{state['step']:07d}", write)
     for old in sorted(directory.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -371,7 +358,7 @@ def _save_best(directory: Path, model, record: dict) -> None:
         torch.save(get_peft_model_state_dict(model), tmp / "adapter.pt")
         (tmp / "best.json").write_text(json.dumps(record, indent=2))
 
-    _atomic_dir(directory / "best", write)
+    write_directory_atomically(directory / "best", write)
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
