@@ -24,3 +24,14 @@ def write_directory_atomically(final: Path, write: Callable[[Path], None]) -> Pa
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def write_new_file(path: Path, text: str) -> None:
+    """Write `path` atomically; never replace an existing file (FileExistsError instead)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    try:
+        os.link(tmp, path)  # fails if `path` appeared meanwhile
+    finally:
+        tmp.unlink()

@@ -25,6 +25,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from vernacular.fileio import write_new_file
+
 REPO = Path(__file__).resolve().parents[3]
 SPEECHOCEAN_TRAIN = REPO.parent / "shared" / "data" / "speechocean762-mini" / "train"
 RESULT_MARKER = "BENCHMARK_RESULT "
@@ -340,16 +342,6 @@ def _hardware() -> str:
     return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
-def _write_new(path: Path, text: str) -> None:
-    """Write `path` atomically; never replace an existing file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    try:
-        os.link(tmp, path)  # fails if `path` appeared meanwhile
-    finally:
-        tmp.unlink()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vernacular.benchmarks.pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -404,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.train_steps} training steps; each size in its own process\n")
         print(format_memory(out["memory"]), flush=True)
     if args.json:
-        _write_new(Path(args.json), json.dumps(out, indent=2, default=str))
+        write_new_file(Path(args.json), json.dumps(out, indent=2, default=str))
     return 0
 
 

@@ -29,6 +29,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from vernacular.fileio import write_new_file
+
 REPO = Path(__file__).resolve().parents[3]
 SPEECHOCEAN_TRAIN = REPO.parent / "shared" / "data" / "speechocean762-mini" / "train"
 RESULT_MARKER = "BENCHMARK_RESULT "
@@ -366,16 +368,6 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _write_new(path: Path, text: str) -> None:
-    """Write `path` atomically; never replace an existing file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    try:
-        os.link(tmp, path)  # fails if `path` appeared meanwhile
-    finally:
-        tmp.unlink()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vernacular.benchmarks.training", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -449,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
           "'whole call' = model load + all steps + the backend's own wrap-up\n")
     print(format_table(results))
     if args.json:
-        _write_new(Path(args.json), json.dumps({"config": asdict(config), "data": data, "base": args.base,
+        write_new_file(Path(args.json), json.dumps({"config": asdict(config), "data": data, "base": args.base,
                                                "results": results}, indent=2))
     return 0
 
