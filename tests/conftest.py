@@ -24,7 +24,7 @@ SHARED = REPO.parent / "shared"
 @pytest.fixture(scope="session")
 def embedded_base(tmp_path_factory) -> dict:
     """The embedded Whisper tiny.en, converted once per session."""
-    from vernacular.models import EMBEDDED_WHISPER, resolve_base_model
+    from vernacular.models.loading import EMBEDDED_WHISPER, resolve_base_model
 
     return resolve_base_model(EMBEDDED_WHISPER, tmp_path_factory.mktemp("base-models"))
 
@@ -56,7 +56,7 @@ def tiny_whisper(tmp_path_factory, embedded_base) -> dict:
 @pytest.fixture(scope="session")
 def speech_clips() -> list[tuple[str, np.ndarray]]:
     """A few short synthetic sentences (text, 16 kHz audio)."""
-    from vernacular.synth import synthesize
+    from vernacular.data.synth import synthesize
 
     texts = ["There is no pneumothorax.", "Mild cardiomegaly is present.",
              "The lungs are clear.", "Small left pleural effusion."]
@@ -70,8 +70,8 @@ def features_index(tmp_path_factory, tiny_whisper, speech_clips) -> dict:
     import pandas as pd
     from transformers import WhisperProcessor
 
-    from vernacular.audio import write_wav
-    from vernacular.features import extract_features
+    from vernacular.data.audio import write_wav
+    from vernacular.data.features import extract_features
 
     folder = tmp_path_factory.mktemp("train-data")
     rows = [{"utterance_id": f"u{i}", "audio_path": str(write_wav(folder / f"{i}.wav", audio)), "text": text,

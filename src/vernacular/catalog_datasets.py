@@ -6,13 +6,13 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kedro.io.core import AbstractDataset, AbstractVersionedDataset, DatasetError, Version
 from kedro_datasets.partitions import PartitionedDataset
+
+from vernacular.common.fileio import apply_umask, write_file_atomically, write_new_directory
 
 
 class AdapterDataset(AbstractVersionedDataset[Any, str]):
@@ -41,17 +41,12 @@ class AdapterDataset(AbstractVersionedDataset[Any, str]):
 
     def save(self, data: Any) -> None:
         model, files = (data["model"], data.get("files", {})) if isinstance(data, dict) else (data, {})
-        target = Path(self._get_save_path())
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
-        try:
+        def write(tmp: Path) -> None:
             model.save_pretrained(str(tmp))
             for name, text in files.items():
                 (tmp / name).write_text(text, encoding="utf-8")
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+
+        write_new_directory(self._get_save_path(), write)
 
     def _exists(self) -> bool:
         try:
@@ -118,17 +113,8 @@ class ReportPageDataset(AbstractVersionedDataset[str, str]):
     def save(self, data: str) -> None:
         if not isinstance(data, str):
             raise DatasetError(f"{self._filepath}: ReportPageDataset saves text, got {type(data).__name__}")
-        target = Path(self._get_save_path())
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.tmp-")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(data)
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; the page is meant to be read
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        target = write_file_atomically(self._get_save_path(), lambda tmp: tmp.write_text(data, encoding="utf-8"))
+        apply_umask(target)  # mkstemp creates 0600; the page is meant to be read
         logging.getLogger(__name__).info("%s: %s", self._label, target.resolve().as_uri())
 
     def _exists(self) -> bool:

@@ -20,6 +20,8 @@ from typing import Any
 from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
 
+from vernacular.verticals import VERTICALS, check_parameters
+
 logger = logging.getLogger(__name__)
 
 # Outputs whose numbers become MLflow metrics, by dataset name without the vertical's namespace.
@@ -175,3 +177,23 @@ class OptionalMlflowHook:
 
 
 mlflow_hook = OptionalMlflowHook()
+
+
+class ParameterCheckHook:
+    """Validates the parameter block of every vertical a run touches before its first node runs.
+
+    A misspelled or mistyped key at any level (`radiology.trainig`, `radiology.source.pth`,
+    `radiology.training.epochs: "two"`) stops `kedro run` at once with the full key name, instead
+    of being ignored or failing an hour into training.
+    """
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
+        inputs = pipeline.inputs() | {i for n in pipeline.nodes for i in n.inputs}
+        used = [v for v in VERTICALS if any(i.startswith(f"params:{v}.") for i in inputs)]
+        if used:
+            check_parameters(catalog.load("parameters"), used)
+            logger.info("parameters of %s checked", ", ".join(used))
+
+
+parameter_check_hook = ParameterCheckHook()

@@ -10,9 +10,8 @@ from vernacular.pipelines.ingestion import pipeline as ingestion
 from vernacular.pipelines.reporting import pipeline as reporting
 from vernacular.pipelines.training import pipeline as training
 from vernacular.pipelines.transcription import pipeline as transcription
+from vernacular.verticals import VERTICALS
 
-# A vertical is a parameters block in conf/ (named like the vertical) plus a line here.
-VERTICALS = ("radiology", "finance", "accent")
 
 # Parameters shared by every vertical (not namespaced).
 SHARED_PARAMETERS = {"params:prices": "params:prices"}

@@ -8,5 +8,5 @@ def create_pipeline(**kwargs) -> Pipeline:
         node(evaluate_on_test, ["manifest", "base_model", "adapter", "training_metrics", "params:evaluation",
                                 "params:vertical", "params:storage"],
              ["eval_metrics", "eval_summary", "transcripts", "wer_plot", "utterance_scatter"],
-             name="evaluate_on_test"),
+             name="evaluate_on_test", tags=["evaluation"]),
     ])

@@ -5,20 +5,22 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from vernacular.batch import BatchSettings, load_transcriber, run_inbox
+from vernacular.common.storage import StorageLayout
+from vernacular.serving.batch import BatchSettings, load_transcriber, run_inbox
 
 log = logging.getLogger(__name__)
 
 
 def transcribe_inbox(inbox: dict[str, Callable[[], Any]], base_model: dict, adapter: str, transcription: dict,
                      storage: dict, vertical: str) -> dict:
-    """Transcribe what is new in the inbox; results go to `storage.transcriptions_dir/<run id>/`.
+    """Transcribe what is new in the inbox; results go to the vertical's transcriptions folder, one per run.
 
     Returns the run summary. The model is loaded only when there is something new.
     """
     files = {file_id: load() for file_id, load in inbox.items()}
     settings = BatchSettings.from_dict(transcription)
-    summary = run_inbox(files, storage["transcriptions_dir"], lambda: load_transcriber(base_model, adapter, settings),
+    results_dir = StorageLayout.for_vertical(vertical, storage).transcriptions_dir
+    summary = run_inbox(files, results_dir, lambda: load_transcriber(base_model, adapter, settings),
                         settings, vertical=vertical)
     if summary["new_files"]:
         log.info("%s: transcribed %d of %d new file(s) (%d failed), real-time factor %s, adapter %s -> %s",

@@ -1,1 +1,0 @@
-"""Benchmarks: scripts that print measured numbers (run with `python -m vernacular.benchmarks.<name>`)."""

@@ -1,0 +1,137 @@
+"""File I/O every stage shares: atomic writes, content hashes and the (size, mtime) file key.
+
+Writes go to a temporary name in the destination folder and are renamed into place, so a crash
+never leaves a half-written result that a later run would trust. This module is the only place
+that renames into place (`os.replace`), hashes file contents and reads a file's modification time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable
+
+CHUNK = 1 << 20
+
+
+def write_directory_atomically(final: Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp_folder)`, then replace `final` with it (a folder beside it, same file system)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+    try:
+        write(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def apply_umask(folder: Path) -> None:
+    """Give `folder` and everything in it the permissions the user's umask asks for.
+
+    mkdtemp makes private (0700) folders and safetensors writes 0600 files; results are meant to be
+    read by other accounts (a serving user) as any file the user writes would be.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    folder = Path(folder)
+    folder.chmod((0o777 if folder.is_dir() else 0o666) & ~umask)
+    for path in (folder.rglob("*") if folder.is_dir() else ()):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def write_new_directory(final: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Like `write_directory_atomically`, but `final` must not exist: FileExistsError, before and after."""
+    final = Path(final)
+    if final.exists():
+        raise FileExistsError(f"{final} already exists and Vernacular never overwrites results: choose a new folder "
+                              "or remove the old one yourself")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+    try:
+        write(tmp)
+        apply_umask(tmp)
+        if final.exists():
+            raise FileExistsError(f"{final} appeared while it was being written; nothing was saved")
+        os.rename(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def write_file_atomically(final: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp_path)` for a temporary file beside `final`, then rename it over `final`."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, final)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return final
+
+
+def write_text_atomically(final: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    return write_file_atomically(final, lambda tmp: tmp.write_text(text, encoding=encoding))
+
+
+def write_new_file(path: Path, text: str) -> None:
+    """Write `path` atomically; never replace an existing file (FileExistsError instead)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    try:
+        os.link(tmp, path)  # fails if `path` appeared meanwhile
+    finally:
+        tmp.unlink()
+
+
+def new_digest(text: str | bytes = b""):
+    """A SHA-256 digest object, optionally fed `text` first."""
+    return hashlib.sha256(text.encode() if isinstance(text, str) else text)
+
+
+def sha256_text(text: str) -> str:
+    return new_digest(text).hexdigest()
+
+
+def update_with_file(digest, path: str | os.PathLike) -> None:
+    """Feed the contents of `path` into `digest`, in chunks."""
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = new_digest()
+    update_with_file(digest, path)
+    return digest.hexdigest()
+
+
+def update_with_files(digest, folder: Path, patterns: Iterable[str]) -> None:
+    """Feed the name and contents of every file of `folder` matching `patterns` (sorted) into `digest`."""
+    for pattern in patterns:
+        for path in sorted(Path(folder).glob(pattern)):
+            digest.update(path.name.encode())
+            update_with_file(digest, path)
+
+
+def file_key(path: str | os.PathLike) -> tuple[int, int]:
+    """(size in bytes, modification time in ns): a file counts as unchanged while both are."""
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns
+
+
+def short_id(text: str, length: int = 10) -> str:
+    """A stable id of `length` hex digits for a text (SHA-1: utterance ids and cache names, not security)."""
+    return hashlib.sha1(text.encode()).hexdigest()[:length]

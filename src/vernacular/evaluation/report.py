@@ -1,0 +1,168 @@
+"""The evaluation summary (Markdown) and the one-line headline, from the metrics of a run."""
+
+from __future__ import annotations
+
+SMALL_SAMPLE = 20  # below this many test utterances the summary warns that bootstrap figures are optimistic
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _ci(entry: dict) -> str:
+    """'80.0% [76.1, 83.9]' from a bootstrap_rate result."""
+    if entry.get("estimate") is None:
+        return "n/a"
+    if entry.get("low") is None:
+        return _pct(entry["estimate"])
+    return f"{_pct(entry['estimate'])} [{100 * entry['low']:.1f}, {100 * entry['high']:.1f}]"
+
+
+def format_p(p: float | None) -> str:
+    if p is None:
+        return "p n/a"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def _diff(entry: dict) -> str:
+    """'-52.7 pts [-56.0, -49.1], p < 0.001' from a paired_bootstrap result."""
+    if entry.get("difference") is None:
+        return "n/a"
+    text = f"{100 * entry['difference']:+.1f} pts"
+    if entry.get("low") is not None:
+        text += f" [{100 * entry['low']:+.1f}, {100 * entry['high']:+.1f}]"
+    return f"{text}, {format_p(entry.get('p_value'))}"
+
+
+def headline(metrics: dict, rate: str = "wer") -> str:
+    """'WER 80.0% [76.1, 83.9] -> 27.3% [24.0, 30.8], difference -52.7 pts [..], p < 0.001'."""
+    overall = metrics["statistics"]["overall"][rate]
+    return (f"{rate.upper()} {_ci(overall['base'])} -> {_ci(overall['adapter'])}, difference "
+            f"{_diff(overall['difference'])}")
+
+
+def _group_table(metrics: dict, column: str) -> list[str]:
+    base, adapter = metrics["base"][f"by_{column}"], metrics["adapter"][f"by_{column}"]
+    stats = metrics.get("statistics", {}).get(f"by_{column}", {})
+    lines = [f"| {column} | utterances | base WER | adapter WER | difference |", "|---|---|---|---|---|"]
+    for value, values in base.items():
+        n = values["normalised"]["n_utterances"]
+        if value in stats:
+            wer = stats[value]["wer"]
+            lines.append(f"| {value} | {n} | {_ci(wer['base'])} | {_ci(wer['adapter'])} | {_diff(wer['difference'])} |")
+        else:
+            lines.append(f"| {value} | {n} | {_pct(values['normalised']['wer'])} | "
+                         f"{_pct(adapter[value]['normalised']['wer'])} | |")
+    return lines
+
+
+def render_summary(metrics: dict, training: dict, vertical: str) -> str:
+    """Markdown summary of an evaluation run."""
+    base, adapter = metrics["base"], metrics["adapter"]
+    stats = metrics["statistics"]
+    boot = stats["bootstrap"]
+    overall = stats["overall"]
+    level = round(100 * boot["confidence"])
+    lines = [f"# {vertical}: base model vs adapter", "",
+             f"Test split: {metrics['n_utterances']} utterances, {metrics['audio_seconds'] / 60:.1f} min of audio. "
+             f"Device: {metrics['device_name']}.", "",
+             f"**{headline(metrics)}** (normalised text; {level}% intervals).", "",
+             f"Normaliser: `{metrics['normaliser']}` (transformers' Whisper normaliser, applied to references and "
+             "hypotheses alike); raw = text as written, case and punctuation included.", "",
+             f"Intervals: {level}% percentile bootstrap over utterances ({boot['n_resamples']} resamples, seed "
+             f"{boot['seed']}; each resample pools the word counts). Difference = adapter - base in percentage "
+             "points, paired bootstrap on the same resamples (two-sided p; its floor is "
+             f"{2 / (boot['n_resamples'] + 1):.4f}). See docs/evaluation.md.", "",
+             *([f"**Caution:** only {metrics['n_utterances']} test utterances; with fewer than {SMALL_SAMPLE} the "
+                "bootstrap understates the uncertainty (its p-value can sit at its floor when every utterance "
+                "moves the same way): read the sign test, and evaluate on more utterances.", ""]
+               if metrics["n_utterances"] < SMALL_SAMPLE else []),
+             "| metric | base | adapter | difference (adapter - base) |", "|---|---|---|---|"]
+    for rate in ("wer", "cer"):
+        entry = overall[rate]
+        lines.append(f"| {rate.upper()} (normalised) | {_ci(entry['base'])} | {_ci(entry['adapter'])} | "
+                     f"{_diff(entry['difference'])} |")
+    for rate in ("wer", "cer"):
+        lines.append(f"| {rate.upper()} (raw) | {_pct(base['raw'][rate])} | {_pct(adapter['raw'][rate])} | |")
+    sign = overall["sign_test"]
+    lines += ["", f"Relative WER reduction (normalised): {_pct(metrics['wer_relative_reduction'])}.",
+              f"Sign test on per-utterance word errors: {sign['improved']} utterances improved, {sign['worsened']} "
+              f"worsened, {sign['ties']} unchanged ({format_p(sign['p_value'])}).", "",
+              "## Per speaker / voice (normalised WER)", "", *_group_table(metrics, "speaker")]
+    for column in [c for c in metrics["base"] if c.startswith("by_") and c != "by_speaker"]:
+        lines += ["", f"## By {column[3:]} (normalised WER)", "", *_group_table(metrics, column[3:])]
+    worst = metrics.get("worst_speakers") or []
+    if worst:
+        lines += ["", f"## Worst speakers (top {len(worst)} by adapter WER)", ""]
+        lines += [f"{i}. {w['group']}: {_pct(w['adapter_wer'])} (base {_pct(w['base_wer'])}, "
+                  f"{w['n_utterances']} utterances)" for i, w in enumerate(worst, 1)]
+    lines += ["", *_terms_section(metrics.get("key_terms"))]
+    lines += ["", *_forgetting_section(metrics.get("forgetting"))]
+    lat = metrics["latency"]
+    lines += ["", f"## Latency per ~{lat['base']['mean_segment_seconds']:.0f}-s segment (batch 1, "
+              f"{lat['base']['segments']} segments)", "", "| model | s/segment | real-time factor |", "|---|---|---|"]
+    for name in ("base", "adapter_unmerged", "adapter"):
+        label = {"adapter": "adapter merged"}.get(name, name.replace("_", " "))
+        lines.append(f"| {label} | {lat[name]['seconds_per_segment']:.2f} | {lat[name]['real_time_factor']:.3f} |")
+    lines += ["", f"Merged and unmerged adapter transcripts identical on these segments: "
+              f"{lat['merged_equals_unmerged']}.", "", "## Adapter training", "",
+              f"- trainable parameters: {training['trainable_params']:,} of {training['total_params']:,} "
+              f"({100 * training['trainable_fraction']:.2f}%)",
+              f"- {training['steps']} steps, {training['train_examples']} training utterances, "
+              f"{training['train_seconds'] / 60:.1f} min on {training['device_name']}", ""]
+    lines += _alignment_section(metrics)
+    lines += ["", "## Examples (most improved first)", ""]
+    for ex in metrics["examples"][:8]:
+        lines += [f"- **{ex['speaker']}** ref: {ex['reference']}", f"  - base: {ex['base']}",
+                  f"  - adapter: {ex['adapter']}"]
+    return "\n".join(lines) + "\n"
+
+
+def _terms_section(block: dict | None) -> list[str]:
+    lines = ["## Domain-term recall (normalised)", ""]
+    if not block or not block.get("terms"):
+        return lines + ["No key terms configured for this vertical (`evaluation.key_terms`)."]
+    b, a = block["base"], block["adapter"]
+    lines += [f"Share of reference occurrences of {len(block['terms'])} key terms that the transcript gets right "
+              f"(word-aligned with jiwer): base {_pct(b['recall'])} -> adapter {_pct(a['recall'])} "
+              f"({b['occurrences']} occurrences).", "", "| term | occurrences | base | adapter |", "|---|---|---|---|"]
+    rows = sorted(a["terms"].items(), key=lambda kv: (-kv[1]["occurrences"], kv[0]))
+    for term, values in rows:
+        if values["occurrences"]:
+            lines.append(f"| {term} | {values['occurrences']} | {_pct(b['terms'][term]['recall'])} | "
+                         f"{_pct(values['recall'])} |")
+    absent = [t for t, v in rows if not v["occurrences"]]
+    if absent:
+        lines += ["", f"Not in this test split: {', '.join(absent)}."]
+    return lines
+
+
+def _forgetting_section(block: dict | None) -> list[str]:
+    lines = ["## Forgetting check (general speech)", ""]
+    if not block or not block.get("enabled"):
+        return lines + ["Disabled (`evaluation.forgetting.enabled: false`)."]
+    change = block["wer_change_pts"]
+    verdict = ("**FLAGGED**: the adapter is worse on general speech by more than" if block["flagged"]
+               else "Within the margin of")
+    lines += [f"{block['n_utterances']} utterances ({block['source']}). WER {_pct(block['base']['wer'])} (base) -> "
+              f"{_pct(block['adapter']['wer'])} (adapter), change "
+              f"{'n/a' if change is None else f'{change:+.1f}'} pts, paired difference "
+              f"{_diff(block['difference'])}.",
+              f"{verdict} {block['margin_pts']:g} pts (`evaluation.forgetting_margin`)."]
+    return lines
+
+
+def _alignment_section(metrics: dict) -> list[str]:
+    lines = []
+    for name in ("base", "adapter"):
+        align = metrics[name]["alignment"]
+        lines += [f"## Top errors ({name}, normalised)", "", "| substitutions | insertions | deletions |",
+                  "|---|---|---|"]
+        subs = [f"{s['reference']} -> {s['hypothesis']} ({s['count']}x)" for s in align["substitutions"][:10]]
+        ins = [f"{s['word']} ({s['count']}x)" for s in align["insertions"][:10]]
+        dels = [f"{s['word']} ({s['count']}x)" for s in align["deletions"][:10]]
+        for i in range(max(len(subs), len(ins), len(dels), 1)):
+            cells = [(col[i] if i < len(col) else "") for col in (subs, ins, dels)]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines

@@ -1,0 +1,360 @@
+"""Base model vs adapter on the test split: WER/CER with bootstrap intervals and a paired test,
+per-group breakdowns, domain-term recall, a forgetting check on general speech, latency."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from vernacular.common.config import build_settings
+from vernacular.common.fileio import (file_key, new_digest, sha256_text, short_id, update_with_files,
+                                      write_directory_atomically)
+from vernacular.common.text import sentence_key, slug
+from vernacular.data.audio import TARGET_SAMPLE_RATE, read_audio
+from vernacular.data.corpus import load_sentences
+from vernacular.data.manifest import default_root, read_manifest, resolve_rows
+from vernacular.data.synth import render
+from vernacular.evaluation.metrics import (PAIRED_TEST, compare_systems, evaluate, forgetting_check, normalise,
+                                           per_utterance_errors, term_recall, worst_groups)
+from vernacular.evaluation.plots import plot_group_wer, plot_utterance_scatter
+from vernacular.evaluation.report import headline, render_summary
+from vernacular.models.families import DecodeSettings
+from vernacular.models.loading import device_name, load_adapter, load_model, pick_device
+from vernacular.serving.decoding import build_segments, measure_latency, transcribe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvaluationSettings:
+    normaliser: str = "whisper_english"
+    device: str = "auto"
+    decoding: DecodeSettings = field(default_factory=DecodeSettings)
+    latency_segments: int = 3
+    latency_segment_seconds: float = 28.0
+    latency_repeats: int = 2
+    max_utterances: int | None = None
+    substitution_examples: int = 15
+    group_columns: list[str] = field(default_factory=lambda: ["speaker"])
+    progress: bool = True
+    bootstrap: BootstrapSettings = field(default_factory=lambda: BootstrapSettings())
+    worst_speakers: int = 5
+    key_terms: list[str] = field(default_factory=list)
+    forgetting: ForgettingSettings = field(default_factory=lambda: ForgettingSettings())
+    forgetting_margin: float = 2.0  # percentage points of WER the adapter may lose on general speech
+    reuse_cached: bool = True  # a rerun with the same model, adapter weights, test rows and settings reuses the result
+
+    def __post_init__(self) -> None:
+        self.key_terms = [str(t) for t in (self.key_terms or [])]
+        for name, cls in (("decoding", DecodeSettings), ("bootstrap", BootstrapSettings),
+                          ("forgetting", ForgettingSettings)):
+            if isinstance(getattr(self, name), dict):  # built in code rather than from conf
+                setattr(self, name, build_settings(cls, getattr(self, name), f"evaluation.{name}"))
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "EvaluationSettings":
+        return build_settings(cls, values, "evaluation")
+
+
+@dataclass
+class BootstrapSettings:
+    n_resamples: int = 2000
+    seed: int = 0
+    confidence: float = 0.95
+
+    def __post_init__(self) -> None:
+        if self.n_resamples < 1 or not 0 < self.confidence < 1:
+            raise ValueError("evaluation.bootstrap: n_resamples must be >= 1 and 0 < confidence < 1")
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "BootstrapSettings":
+        return build_settings(cls, values, "evaluation.bootstrap")
+
+
+@dataclass
+class ForgettingSettings:
+    """The general-speech control set: packaged sentences read by one voice, or a manifest."""
+
+    enabled: bool = True
+    corpus: str = "general"  # packaged corpus name or a .txt path (ignored when `manifest` is set)
+    sentences: int = 40  # how many (a deterministic, hash-ordered subset); also caps a manifest
+    voice: str = "en-us"
+    rate: int = 175
+    pitch: int = 50
+    manifest: str | None = None  # any manifest the ingestion reads (csv/tsv/jsonl/nemo/kaldi/audiofolder)
+    manifest_format: str = "auto"
+    cache_dir: str | None = None  # default: <storage.synthetic_dir>/../control
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "ForgettingSettings":
+        return build_settings(cls, values, "evaluation.forgetting")
+
+
+def control_set(settings: ForgettingSettings, cache_dir: str | Path, exclude_texts=(), limit: int | None = None
+                ) -> pd.DataFrame:
+    """The forgetting-check utterances: utterance_id, text, speaker, audio_path, offset, duration.
+
+    Synthetic by default: `settings.sentences` sentences of `settings.corpus` (hash-ordered, so the
+    subset does not depend on file order; sentences in `exclude_texts`, e.g. the vertical's training
+    text, are skipped) read by `settings.voice`, cached as WAVs in `cache_dir`. With
+    `settings.manifest`, its first rows instead. `limit` caps the count further.
+    """
+    count = settings.sentences if not limit else min(settings.sentences, limit)
+    if settings.manifest:
+        rows, _ = read_manifest(settings.manifest, settings.manifest_format)
+        rows = resolve_rows(rows, default_root(settings.manifest))
+        rows = rows[rows["text"].str.len() > 0].head(count)
+        return rows[["utterance_id", "text", "speaker", "audio_path", "offset", "duration"]].reset_index(drop=True)
+    excluded = {sentence_key(t) for t in exclude_texts}
+    ordered = sorted(load_sentences(settings.corpus),
+                     key=lambda s: sha256_text(f"control|{sentence_key(s)}"))
+    chosen = [s for s in ordered if sentence_key(s) not in excluded][:count]
+    cache = Path(cache_dir)
+    voice_slug = slug(settings.voice)
+    rows = []
+    for sentence in chosen:
+        uid = f"{short_id(sentence_key(sentence))}-{voice_slug}-r{settings.rate}-p{settings.pitch}"
+        info = render(sentence, settings.voice, settings.rate, settings.pitch, cache / f"{uid}.wav")
+        rows.append({"utterance_id": uid, "text": sentence, "speaker": settings.voice, "audio_path": info["path"],
+                     "offset": 0.0, "duration": info["duration"]})
+    return pd.DataFrame(rows, columns=["utterance_id", "text", "speaker", "audio_path", "offset", "duration"])
+
+
+def _read_rows(rows: pd.DataFrame) -> list:
+    audios = []
+    for row in rows.to_dict("records"):
+        offset = row.get("offset")
+        duration = row.get("duration")
+        offset = 0.0 if offset is None or pd.isna(offset) else float(offset)
+        duration = None if duration is None or pd.isna(duration) else float(duration)
+        audios.append(read_audio(row["audio_path"], offset=offset, duration=duration))
+    return audios
+
+
+def evaluate_adapter(test: pd.DataFrame, base_model: dict, adapter_dir: str,
+                     settings: EvaluationSettings, control_cache_dir: str | Path | None = None,
+                     exclude_texts=()) -> tuple[dict, pd.DataFrame]:
+    """Transcribe `test` with the base model and with the merged adapter; return (metrics, transcripts).
+
+    With `settings.forgetting.enabled`, also a general-speech control set (see `control_set`;
+    cached under `control_cache_dir` unless `forgetting.cache_dir` is set).
+    """
+    if test.empty:
+        raise ValueError("the test split is empty: nothing to evaluate (check split fractions and quarantine)")
+    device = pick_device(settings.device)
+    decoding = settings.decoding
+    rows = test.sort_values("utterance_id").reset_index(drop=True)
+    if settings.max_utterances:
+        rows = rows.head(settings.max_utterances)
+    missing = [c for c in settings.group_columns if c not in rows]
+    if missing:
+        raise ValueError(f"evaluation.group_columns {missing} are not manifest columns; available: {list(rows.columns)}")
+    audios = [read_audio(p) for p in rows["audio_path"]]
+    audio_seconds = sum(len(a) for a in audios) / TARGET_SAMPLE_RATE
+
+    base, processor, _ = load_model(base_model, device=device)
+    unmerged, _ = load_adapter(base_model, adapter_dir, device, merge=False)
+    merged, _ = load_adapter(base_model, adapter_dir, device, merge=True)
+    results = {}
+    for name, model in (("base", base), ("adapter", merged)):
+        started = time.perf_counter()
+        results[name] = transcribe(model, processor, audios, decoding, device, progress=settings.progress)
+        results[name + "_seconds"] = time.perf_counter() - started
+    segments = build_segments(audios, settings.latency_segment_seconds, max_segments=settings.latency_segments)
+    latency = measure_latency({"base": base, "adapter_unmerged": unmerged, "adapter": merged}, processor, segments,
+                              decoding, repeats=settings.latency_repeats)
+    unmerged_texts = latency["adapter_unmerged"].pop("texts")
+    merged_texts = latency["adapter"].pop("texts")
+    latency["base"].pop("texts")
+
+    extra = [c for c in settings.group_columns if c != "speaker"]
+    transcripts = rows[["utterance_id", "speaker", *extra, "audio_path", "duration"]].copy()
+    transcripts["reference"] = rows["text"]
+    transcripts["base"] = results["base"]
+    transcripts["adapter"] = results["adapter"]
+
+    metrics = {"normaliser": settings.normaliser, "n_utterances": len(rows), "audio_seconds": audio_seconds,
+               "device": device.type, "device_name": device_name(device)}
+    metrics.update(score_transcripts(transcripts, settings))
+    for name in ("base", "adapter"):
+        metrics[name]["batch_seconds"] = results[name + "_seconds"]
+        metrics[name]["batch_real_time_factor"] = results[name + "_seconds"] / audio_seconds
+    metrics["latency"] = latency
+    metrics["latency"]["merged_equals_unmerged"] = merged_texts == unmerged_texts
+
+    forgetting = settings.forgetting
+    metrics["forgetting"] = {"enabled": forgetting.enabled}
+    if forgetting.enabled:
+        cache = forgetting.cache_dir or control_cache_dir
+        if cache is None and not forgetting.manifest:
+            raise ValueError("evaluation.forgetting needs a cache folder for its synthetic audio (forgetting.cache_dir)")
+        control = control_set(forgetting, cache, exclude_texts, limit=settings.max_utterances)
+        if control.empty:
+            raise ValueError("evaluation.forgetting: the control set is empty (all sentences excluded or no rows)")
+        started = time.perf_counter()
+        control_audio = _read_rows(control)
+        hyps = {name: transcribe(model, processor, control_audio, decoding, device, progress=settings.progress)
+                for name, model in (("base", base), ("adapter", merged))}
+        boot = settings.bootstrap
+        metrics["forgetting"].update(forgetting_check(
+            control["text"].tolist(), hyps["base"], hyps["adapter"], margin_pts=settings.forgetting_margin,
+            normaliser=settings.normaliser, n_resamples=boot.n_resamples, seed=boot.seed, confidence=boot.confidence))
+        metrics["forgetting"]["source"] = (f"manifest {forgetting.manifest}" if forgetting.manifest else
+                                           f"synthetic: corpus `{forgetting.corpus}` read by {forgetting.voice} "
+                                           f"(rate {forgetting.rate}, pitch {forgetting.pitch}), training sentences "
+                                           "excluded")
+        metrics["forgetting"]["seconds"] = time.perf_counter() - started
+        metrics["forgetting"]["examples"] = [
+            {"reference": r, "base": b, "adapter": a}
+            for r, b, a in zip(control["text"], hyps["base"], hyps["adapter"]) if b != a][:5]
+    return metrics, transcripts
+
+
+def evaluation_fingerprint(test: pd.DataFrame, base_model: dict, adapter_dir: str, settings: EvaluationSettings,
+                           device: str, exclude_texts=()) -> str:
+    """Hash of everything an evaluation result depends on: base weights, adapter weights, test rows
+    (with their audio files' size and time), settings, device type and the excluded sentences."""
+    digest = new_digest(f"eval-v2|{base_model['name_or_path']}|{base_model.get('family')}|{device}")
+    if base_model.get("local_dir"):
+        update_with_files(digest, Path(base_model["local_dir"]), ("config.json", "*.safetensors", "*.bin"))
+    update_with_files(digest, Path(adapter_dir), ("adapter_config.json", "adapter_model.*"))
+    digest.update(json.dumps({k: v for k, v in asdict(settings).items() if k not in ("progress", "reuse_cached")},
+                             sort_keys=True, default=str).encode())
+    for row in test.sort_values("utterance_id").to_dict("records"):
+        size, mtime_ns = file_key(row["audio_path"])
+        digest.update(f"{row['utterance_id']}|{row['text']}|{row['audio_path']}|{size}|{mtime_ns}\n".encode())
+    digest.update(json.dumps(sorted(sentence_key(t) for t in exclude_texts)).encode())
+    return digest.hexdigest()[:20]
+
+
+def evaluate_adapter_cached(test: pd.DataFrame, base_model: dict, adapter_dir: str, settings: EvaluationSettings,
+                            cache_dir: str | Path | None, control_cache_dir: str | Path | None = None,
+                            exclude_texts=()) -> tuple[dict, pd.DataFrame]:
+    """`evaluate_adapter`, reusing the stored result of an identical earlier evaluation.
+
+    The result is stored under `cache_dir/<fingerprint>/` (see `evaluation_fingerprint`). A reused
+    result says so in `metrics["reused_from"]`; its latency figures are those measured then.
+    """
+    if cache_dir is None or not settings.reuse_cached:
+        return evaluate_adapter(test, base_model, adapter_dir, settings, control_cache_dir, exclude_texts)
+    device = pick_device(settings.device).type
+    key = evaluation_fingerprint(test, base_model, adapter_dir, settings, device, exclude_texts)
+    entry = Path(cache_dir) / key
+    if (entry / "metrics.json").is_file() and (entry / "transcripts.json").is_file():
+        metrics = json.loads((entry / "metrics.json").read_text())
+        metrics["reused_from"] = str(entry)
+        log.info("evaluation unchanged (same base, adapter weights, test rows and settings): reusing %s", entry)
+        return metrics, pd.read_json(entry / "transcripts.json", orient="table")
+    metrics, transcripts = evaluate_adapter(test, base_model, adapter_dir, settings, control_cache_dir, exclude_texts)
+    def write(tmp: Path) -> None:
+        (tmp / "metrics.json").write_text(json.dumps(metrics, default=str))
+        transcripts.to_json(tmp / "transcripts.json", orient="table", index=False)
+
+    write_directory_atomically(entry, write)
+    metrics["reused_from"] = None
+    return metrics, transcripts
+
+
+def score_transcripts(transcripts: pd.DataFrame, settings: EvaluationSettings) -> dict:
+    """Every accuracy figure from a transcripts frame (utterance_id, speaker, group columns, reference,
+    base, adapter): rates per system and group, intervals and paired tests, worst speakers, term
+    recall, alignment examples. No model needed.
+    """
+    metrics: dict = {}
+    for name in ("base", "adapter"):
+        frame = transcripts.rename(columns={name: "hypothesis"})
+        metrics[name] = evaluate(frame, group_cols=tuple(settings.group_columns), normaliser=settings.normaliser)
+    base_wer = metrics["base"]["normalised"]["wer"]
+    adapter_wer = metrics["adapter"]["normalised"]["wer"]
+    metrics["wer_relative_reduction"] = (base_wer - adapter_wer) / base_wer if base_wer else None
+    metrics["examples"] = _examples(transcripts, settings.substitution_examples)
+    metrics.update(statistics_block(transcripts, settings))
+    overall = metrics["statistics"]["overall"]
+    for name in ("base", "adapter"):
+        for rate in ("wer", "cer"):
+            metrics[name]["normalised"][f"{rate}_ci"] = [overall[rate][name]["low"], overall[rate][name]["high"]]
+    metrics["wer_difference"] = overall["wer"]["difference"]
+    metrics["worst_speakers"] = worst_groups(metrics["base"]["by_speaker"], metrics["adapter"]["by_speaker"],
+                                             settings.worst_speakers)
+    metrics["key_terms"] = {
+        "terms": settings.key_terms,
+        **{name: term_recall(transcripts["reference"].tolist(), transcripts[name].tolist(), settings.key_terms,
+                             settings.normaliser) for name in ("base", "adapter")}}
+    return metrics
+
+
+def statistics_block(transcripts: pd.DataFrame, settings: EvaluationSettings) -> dict:
+    """Bootstrap intervals and paired tests on normalised text, overall and per group column.
+
+    Returns {"statistics": {"test", "bootstrap", "normaliser", "overall", "by_<col>": {value:
+    `metrics.compare_systems`}}, "per_utterance": {"utterance_id", "speaker", "base_wer", "adapter_wer"}}.
+    """
+    boot = settings.bootstrap
+    options = {"n_resamples": boot.n_resamples, "seed": boot.seed, "confidence": boot.confidence}
+    refs = [normalise(t, settings.normaliser) for t in transcripts["reference"]]
+    hyps = {name: [normalise(t, settings.normaliser) for t in transcripts[name]] for name in ("base", "adapter")}
+    stats: dict = {"test": PAIRED_TEST, "bootstrap": {**boot.__dict__, "unit": "utterance"},
+                   "normaliser": settings.normaliser,
+                   "overall": compare_systems(refs, hyps["base"], hyps["adapter"], **options)}
+    for column in settings.group_columns:
+        groups = {}
+        for value, positions in sorted(transcripts.groupby(column, dropna=False, sort=False).indices.items(),
+                                       key=lambda kv: str(kv[0])):
+            pos = positions.tolist()
+            groups[str(value)] = compare_systems([refs[i] for i in pos], [hyps["base"][i] for i in pos],
+                                                 [hyps["adapter"][i] for i in pos], **options)
+        stats[f"by_{column}"] = groups
+    per_utt = {name: per_utterance_errors(refs, hyps[name]) for name in ("base", "adapter")}
+    return {"statistics": stats,
+            "per_utterance": {"utterance_id": transcripts["utterance_id"].astype(str).tolist(),
+                              "speaker": transcripts["speaker"].astype(str).tolist(),
+                              "base_wer": [r["wer"] for r in per_utt["base"]],
+                              "adapter_wer": [r["wer"] for r in per_utt["adapter"]]}}
+
+
+def _examples(transcripts: pd.DataFrame, n: int) -> list[dict]:
+    """Utterances where base and adapter differ, most improved first."""
+    from vernacular.evaluation.metrics import per_utterance_errors
+
+    base = per_utterance_errors(transcripts["reference"].tolist(), transcripts["base"].tolist())
+    adapted = per_utterance_errors(transcripts["reference"].tolist(), transcripts["adapter"].tolist())
+    scored = []
+    for row, b, a in zip(transcripts.to_dict("records"), base, adapted):
+        if row["base"] != row["adapter"]:
+            scored.append((a["errors"] - b["errors"], {"utterance_id": row["utterance_id"], "speaker": row["speaker"],
+                                                      "reference": row["reference"], "base": row["base"],
+                                                      "adapter": row["adapter"]}))
+    scored.sort(key=lambda item: item[0])
+    return [item for _, item in scored[:n]]
+
+
+
+
+def evaluate_vertical(manifest: pd.DataFrame, base_model: dict, adapter: str, training_metrics: dict,
+                      settings: EvaluationSettings, vertical: str, evaluation_cache_dir, control_dir):
+    """(metrics JSON, Markdown summary, per-utterance transcripts, WER-per-group figure, scatter figure)."""
+    test = manifest[manifest["split"] == "test"]
+    # The forgetting check must not score sentences the adapter was trained on.
+    seen = manifest.loc[manifest["split"] != "test", "text"].astype(str).tolist()
+    metrics, transcripts = evaluate_adapter_cached(test, base_model, adapter, settings, cache_dir=evaluation_cache_dir,
+                                                   control_cache_dir=control_dir, exclude_texts=seen)
+    metrics["vertical"] = vertical
+    metrics["adapter_path"] = adapter
+    metrics["training_run"] = training_metrics["run_id"]
+    log.info("%s test %s (%s)", vertical, headline(metrics), metrics["normaliser"])
+    forgetting = metrics["forgetting"]
+    if forgetting.get("enabled"):
+        log.log(logging.WARNING if forgetting["flagged"] else logging.INFO,
+                "%s forgetting check: general-speech WER %.1f%% -> %.1f%% (%+.1f pts, margin %g)%s", vertical,
+                100 * forgetting["base"]["wer"], 100 * forgetting["adapter"]["wer"], forgetting["wer_change_pts"],
+                forgetting["margin_pts"], " FLAGGED" if forgetting["flagged"] else "")
+    wer_plot = plot_group_wer(metrics["statistics"], settings.group_columns, title=f"{vertical}: WER base vs adapter")
+    per_utt = metrics["per_utterance"]
+    scatter = plot_utterance_scatter(per_utt["base_wer"], per_utt["adapter_wer"], labels=per_utt["speaker"],
+                                     title=f"{vertical}: per-utterance WER ({len(per_utt['base_wer'])} utterances)")
+    return metrics, render_summary(metrics, training_metrics, vertical), transcripts, wer_plot, scatter

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from vernacular.common.fileio import (file_key, sha256_file, write_directory_atomically, write_new_directory,
+                                      write_text_atomically)
+
+
+def test_sha256_file_matches_hashlib(tmp_path):
+    path = tmp_path / "a.bin"
+    path.write_bytes(os.urandom(3 << 20))  # several chunks
+    assert sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_file_key_changes_with_content(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("one")
+    before = file_key(path)
+    path.write_text("three")
+    assert file_key(path) != before and file_key(path)[0] == 5
+
+
+def test_a_failed_write_leaves_the_old_folder_and_no_temporary(tmp_path):
+    final = tmp_path / "out"
+    write_directory_atomically(final, lambda tmp: (tmp / "f").write_text("old"))
+
+    def broken(tmp):
+        (tmp / "f").write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        write_directory_atomically(final, broken)
+    assert (final / "f").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_new_directory_never_overwrites_and_follows_the_umask(tmp_path):
+    final = tmp_path / "export"
+    old = os.umask(0o022)
+    try:
+        write_new_directory(final, lambda tmp: (tmp / "w").write_text("x"))
+    finally:
+        os.umask(old)
+    assert (final / "w").stat().st_mode & 0o777 == 0o644 and final.stat().st_mode & 0o777 == 0o755
+    with pytest.raises(FileExistsError):
+        write_new_directory(final, lambda tmp: None)
+
+
+def test_text_is_replaced_whole(tmp_path):
+    path = tmp_path / "s.json"
+    write_text_atomically(path, "a")
+    write_text_atomically(path, "b")
+    assert path.read_text() == "b" and [p.name for p in tmp_path.iterdir()] == ["s.json"]

@@ -1,0 +1,165 @@
+"""Scoring a transcripts frame, the Markdown summary, the plots and the forgetting control set."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from vernacular.evaluation.report import render_summary
+from vernacular.evaluation.run import (EvaluationSettings, ForgettingSettings, control_set,
+                                   score_transcripts)
+from vernacular.evaluation.metrics import forgetting_check
+from vernacular.evaluation.plots import plot_group_wer, plot_utterance_scatter
+
+REFS = ["There is no pneumothorax.", "Mild cardiomegaly is present.", "The lungs are clear.",
+        "Small left pleural effusion.", "No focal consolidation.", "Stable pleural effusion on the right."]
+BASE = ["There is no new motor ax.", "Mild cardio megaly is present.", "The lungs are clear.",
+        "Small left pleural fusion.", "No vocal consolidation.", "Stable pleural effusion on the right."]
+ADAPTER = ["There is no pneumothorax.", "Mild cardiomegaly is present.", "The lungs are clear.",
+           "Small left pleural effusion.", "No focal consolidation.", "Stable pleural infusion on the right."]
+
+
+@pytest.fixture(scope="module")
+def transcripts() -> pd.DataFrame:
+    return pd.DataFrame({
+        "utterance_id": [f"u{i}" for i in range(6)],
+        "speaker": ["en-us+m3", "en-us+m3", "en-029+m1", "en-029+m1", "en-gb-x-rp+f2", "en-gb-x-rp+f2"],
+        "accent": ["us", "us", "caribbean", "caribbean", "gb", "gb"],
+        "reference": REFS, "base": BASE, "adapter": ADAPTER,
+    })
+
+
+@pytest.fixture(scope="module")
+def settings() -> EvaluationSettings:
+    return EvaluationSettings.from_dict({
+        "normaliser": "basic", "group_columns": ["speaker", "accent"], "worst_speakers": 2,
+        "key_terms": ["pneumothorax", "pleural effusion", "consolidation", "atelectasis"],
+        "bootstrap": {"n_resamples": 300, "seed": 7},
+    })
+
+
+@pytest.fixture(scope="module")
+def metrics(transcripts, settings) -> dict:
+    scored = score_transcripts(transcripts, settings)
+    refs = ["the weather is fine today", "we will meet at noon"]
+    scored["forgetting"] = {"enabled": True, "source": "synthetic: test", **forgetting_check(
+        refs, refs, ["the weather is fine to day", "we will meet at noon"], margin_pts=2.0, normaliser="basic",
+        n_resamples=100)}
+    scored.update({"normaliser": "basic", "n_utterances": 6, "audio_seconds": 12.0, "device": "cpu",
+                   "device_name": "cpu", "vertical": "radiology"})
+    segment = {"seconds_per_segment": 1.0, "real_time_factor": 0.05, "segments": 1, "mean_segment_seconds": 20.0}
+    scored["latency"] = {"base": dict(segment), "adapter_unmerged": dict(segment), "adapter": dict(segment),
+                         "merged_equals_unmerged": True}
+    return scored
+
+
+def test_score_keeps_existing_keys_and_adds_statistics(metrics):
+    json.dumps(metrics)  # plain JSON types only
+    for name in ("base", "adapter"):
+        normalised = metrics[name]["normalised"]
+        assert {"wer", "cer", "wer_ci", "cer_ci"} <= set(normalised)
+        low, high = normalised["wer_ci"]
+        assert low <= normalised["wer"] <= high
+        assert set(metrics[name]["by_speaker"]) == {"en-us+m3", "en-029+m1", "en-gb-x-rp+f2"}
+        assert set(metrics[name]["by_accent"]) == {"us", "caribbean", "gb"}
+    overall = metrics["statistics"]["overall"]["wer"]
+    assert overall["base"]["estimate"] == pytest.approx(metrics["base"]["normalised"]["wer"])
+    assert metrics["wer_difference"]["difference"] == pytest.approx(
+        metrics["adapter"]["normalised"]["wer"] - metrics["base"]["normalised"]["wer"])
+    assert set(metrics["statistics"]["by_accent"]) == {"us", "caribbean", "gb"}
+    assert len(metrics["per_utterance"]["base_wer"]) == 6
+    # the adapter got every word of utterances 0-4 right and one wrong in utterance 5 (6 words)
+    assert metrics["per_utterance"]["adapter_wer"] == [0, 0, 0, 0, 0, pytest.approx(1 / 6)]
+
+
+def test_worst_speakers_and_term_recall(metrics):
+    worst = metrics["worst_speakers"]
+    assert [w["group"] for w in worst][0] == "en-gb-x-rp+f2" and len(worst) == 2
+    terms = metrics["key_terms"]
+    assert terms["base"]["terms"]["pneumothorax"]["recall"] == 0.0
+    assert terms["adapter"]["terms"]["pneumothorax"]["recall"] == 1.0
+    assert terms["base"]["terms"]["pleural effusion"] == {"occurrences": 2, "hits": 1, "recall": 0.5}
+    assert terms["adapter"]["terms"]["pleural effusion"] == {"occurrences": 2, "hits": 1, "recall": 0.5}
+    assert terms["adapter"]["terms"]["atelectasis"]["occurrences"] == 0
+    # 4 occurrences: pneumothorax 1, pleural effusion 2, consolidation 1
+    assert terms["base"]["recall"] == pytest.approx(2 / 4) and terms["adapter"]["recall"] == pytest.approx(3 / 4)
+
+
+def test_summary_shows_intervals_tests_terms_forgetting_and_all_error_kinds(metrics):
+    training = {"trainable_params": 1000, "total_params": 100000, "trainable_fraction": 0.01, "steps": 2,
+                "train_examples": 8, "train_seconds": 60.0, "device_name": "cpu"}
+    text = render_summary(metrics, training, "radiology")
+    assert "WER (normalised)" in text and "basic" in text
+    overall = metrics["statistics"]["overall"]["wer"]
+    b = overall["base"]
+    assert f"WER {100 * b['estimate']:.1f}% [{100 * b['low']:.1f}, {100 * b['high']:.1f}] ->" in text
+    assert f"{100 * overall['difference']['difference']:+.1f} pts" in text
+    assert "Sign test" in text and "paired bootstrap" in text
+    assert "## Worst speakers (top 2" in text
+    assert "| pneumothorax | 1 | 0.0% | 100.0% |" in text and "Not in this test split: atelectasis" in text
+    assert "## Forgetting check" in text and "FLAGGED" in text  # +20 pts on the control set
+    assert "## By accent" in text and "**Caution:** only 6 test utterances" in text
+    assert "| substitutions | insertions | deletions |" in text
+    assert "motor" in text  # an insertion of the base model ("new motor ax")
+
+
+def test_group_plot_has_two_bars_per_group_with_error_bars(metrics, settings):
+    fig = plot_group_wer(metrics["statistics"], settings.group_columns, title="t")
+    speaker_ax, accent_ax = fig.axes[:2]
+    assert len(speaker_ax.patches) == 2 * (1 + 3) and len(accent_ax.patches) == 2 * (1 + 3)
+    heights = sorted(round(p.get_height(), 6) for p in speaker_ax.patches[:4])
+    assert heights[-1] == pytest.approx(100 * max(
+        [metrics["statistics"]["overall"]["wer"]["base"]["estimate"]]
+        + [g["wer"]["base"]["estimate"] for g in metrics["statistics"]["by_speaker"].values()]))
+    assert [t.get_text() for t in speaker_ax.get_xticklabels()][0] == "all"
+    from matplotlib.container import BarContainer
+
+    bars = [c for c in speaker_ax.containers if isinstance(c, BarContainer)]
+    assert len(bars) == 2 and all(b.errorbar is not None for b in bars)
+    # the "all" base bar's error bar spans the bootstrap interval
+    segment = bars[0].errorbar.lines[2][0].get_segments()[0]
+    ci = metrics["statistics"]["overall"]["wer"]["base"]
+    assert [y for _, y in segment] == pytest.approx([100 * ci["low"], 100 * ci["high"]])
+    fig.savefig(__import__("io").BytesIO(), format="png")
+
+
+def test_scatter_has_one_point_per_scored_utterance(metrics):
+    per_utt = metrics["per_utterance"]
+    fig = plot_utterance_scatter(per_utt["base_wer"], per_utt["adapter_wer"], labels=per_utt["speaker"])
+    ax = fig.axes[0]
+    assert sum(len(c.get_offsets()) for c in ax.collections) == 6
+    assert len(ax.collections) == 3  # one colour per speaker
+    fig = plot_utterance_scatter([0.5, None, 2.0], [0.1, 0.0, 0.3])  # no WER for an empty reference
+    points = fig.axes[0].collections[0].get_offsets()
+    assert len(points) == 2 and points[1][0] == pytest.approx(150)  # capped
+
+
+def test_control_set_is_cached_and_skips_training_sentences(tmp_path):
+    settings = ForgettingSettings(sentences=3, voice="en-us")
+    first = control_set(settings, tmp_path)
+    assert len(first) == 3 and all(p.endswith(".wav") for p in first["audio_path"])
+    stamps = {p: __import__("os").stat(p).st_mtime_ns for p in first["audio_path"]}
+    again = control_set(settings, tmp_path)
+    assert again.equals(first) and all(__import__("os").stat(p).st_mtime_ns == t for p, t in stamps.items())
+    skipped = control_set(settings, tmp_path, exclude_texts=[first["text"][0].upper()], limit=2)
+    assert len(skipped) == 2 and first["text"][0] not in set(skipped["text"])
+    assert skipped["text"][0] == first["text"][1]
+
+
+def test_control_set_from_a_manifest(tmp_path):
+    from vernacular.data.synth import synthesize, write_wav
+
+    write_wav(tmp_path / "a.wav", synthesize("Good morning everyone.", "en-us"))
+    (tmp_path / "manifest.csv").write_text("audio_path,text\na.wav,Good morning everyone.\na.wav,\n")
+    rows = control_set(ForgettingSettings(manifest=str(tmp_path / "manifest.csv")), tmp_path / "unused")
+    assert rows["text"].tolist() == ["Good morning everyone."]
+    assert rows["audio_path"][0] == str((tmp_path / "a.wav").resolve())
+
+
+def test_settings_reject_unknown_keys():
+    with pytest.raises(ValueError, match="forgetting"):
+        EvaluationSettings.from_dict({"forgetting": {"voices": "en-us"}})
+    with pytest.raises(ValueError, match="bootstrap"):
+        EvaluationSettings.from_dict({"bootstrap": {"n_resamples": 0}})

@@ -1,0 +1,82 @@
+"""Every vertical's parameters are checked before the first node runs; the base conf documents the defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.paths import REPO
+from vernacular.data.augment import AugmentSettings
+from vernacular.data.manifest import AudioLimits
+from vernacular.evaluation.run import EvaluationSettings
+from vernacular.reporting.cost import CostSettings
+from vernacular.serving.batch import BatchSettings
+from vernacular.training.settings import LoraSettings, TrainSettings
+from vernacular.verticals import VERTICALS, check_parameters
+
+
+def _conf_parameters() -> dict:
+    """The base parameters as Kedro resolves them (anchors, globals)."""
+    from kedro.config import OmegaConfigLoader
+
+    loader = OmegaConfigLoader(str(REPO / "conf"), base_env="base", default_run_env="local",
+                               merge_strategy={"parameters": "soft"})
+    return loader["parameters"]
+
+
+def test_every_vertical_of_the_base_conf_is_valid():
+    checked = check_parameters(_conf_parameters(), VERTICALS)
+    assert set(checked) == set(VERTICALS)
+    assert checked["radiology"].evaluation.decoding.max_ngram_repeats == 2
+    assert checked["radiology"].storage.suffix == ""
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda p: p.update(trainig=p.pop("training")), "radiology.trainig"),
+    (lambda p: p["source"].update(pth="x.csv"), "radiology.source.pth"),
+    (lambda p: p["training"].update(epochs="two"), "radiology.training.epochs: expected int, got str 'two'"),
+    (lambda p: p["evaluation"]["bootstrap"].update(n_resample=5), "radiology.evaluation.bootstrap.n_resample"),
+    (lambda p: p["transcription"]["decoding"].update(num_beams=1.5), "radiology.transcription.decoding.num_beams"),
+])
+def test_a_misspelled_or_mistyped_key_is_named(edit, fragment):
+    params = _conf_parameters()
+    edit(params["radiology"])
+    with pytest.raises(ValueError) as info:
+        check_parameters(params, ["radiology"])
+    assert fragment in str(info.value)
+
+
+def test_anchors_of_the_base_conf_restate_the_dataclass_defaults():
+    """conf/base/parameters.yml lists every setting for the reader; the dataclasses are the defaults."""
+    raw = yaml.safe_load((REPO / "conf" / "base" / "parameters.yml").read_text())
+    for anchor, cls in [("_training", TrainSettings), ("_adapter", LoraSettings), ("_augmentation", AugmentSettings),
+                        ("_audio_limits", AudioLimits), ("_cost", CostSettings), ("_transcription", BatchSettings),
+                        ("_evaluation", EvaluationSettings)]:
+        defaults = dataclasses.asdict(cls())
+        for key, value in raw[anchor].items():
+            expected = defaults[key]
+            if isinstance(value, dict):
+                value = {k: v for k, v in value.items()}
+                expected = {k: expected[k] for k in value}
+            assert value == expected or (isinstance(value, list) and list(expected) == value), (anchor, key, value,
+                                                                                                expected)
+
+
+def test_kedro_run_stops_before_ingestion_on_a_misspelled_key(tmp_path):
+    project = tmp_path / "project"
+    shutil.copytree(REPO / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
+    (project / "conf" / "local").mkdir()
+    shutil.copy(REPO / "pyproject.toml", project / "pyproject.toml")
+    (project / "src").mkdir()
+    (project / "conf" / "local" / "parameters.yml").write_text("radiology:\n  training:\n    epochz: 3\n")
+    result = subprocess.run([sys.executable, "-m", "kedro", "run", "--pipeline=radiology"], cwd=project,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "radiology.training.epochz" in result.stdout + result.stderr
+    assert not (project / "data").exists() or not any((project / "data").rglob("*.wav")), "ingestion ran"
+    assert "load_source" not in result.stdout + result.stderr.split("radiology.training.epochz")[0]
