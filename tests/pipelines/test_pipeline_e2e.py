@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 from tests.paths import REPO
 
+pytestmark = pytest.mark.slow  # end-to-end Kedro runs: minutes; `pytest -m "not slow"` skips them
+
 
 
 def latest(folder: Path) -> Path:

@@ -10,6 +10,8 @@ import pytest
 import yaml
 from tests.paths import REPO
 
+pytestmark = pytest.mark.slow  # end-to-end Kedro runs: minutes; `pytest -m "not slow"` skips them
+
 VERTICALS = ("radiology", "finance", "accent")
 
 
