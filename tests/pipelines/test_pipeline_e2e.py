@@ -24,7 +24,6 @@ def latest(folder: Path) -> Path:
 def tiny_params(base_cache: str) -> dict:
     return {"radiology": {
         "source": {"max_sentences": 18},
-        "model": {"cache_dir": base_cache},
         "training": {"max_steps": 2, "batch_size": 4, "progress": False, "checkpoint_every_steps": 1},
         "evaluation": {"max_utterances": 4, "latency_segments": 1, "latency_repeats": 1, "progress": False},
     }}

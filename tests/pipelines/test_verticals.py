@@ -54,7 +54,8 @@ def test_dataset_factories_resolve_distinct_paths_per_vertical(context):
         paths = {v: str(catalog.get(f"{v}.{name}")._filepath) for v in VERTICALS}
         assert len(set(paths.values())) == 3, paths
         assert all(f"/{v}/" in paths[v] for v in VERTICALS)
-    storage = {v: context.params[v]["storage"]["checkpoint_dir"] for v in VERTICALS}
+    from vernacular.common.storage import StorageLayout
+    storage = {v: str(StorageLayout.for_vertical(v, context.params[v]["storage"]).checkpoint_dir) for v in VERTICALS}
     assert len(set(storage.values())) == 3
 
 
@@ -69,7 +70,6 @@ def run_tiny(tmp_path: Path, vertical: str, base_cache: str) -> Path:
     (root / "src").mkdir()
     params = {vertical: {
         "source": {"max_sentences": 14},
-        "model": {"cache_dir": base_cache},
         "training": {"max_steps": 2, "batch_size": 4, "progress": False},
         "evaluation": {"max_utterances": 3, "latency_segments": 1, "latency_repeats": 1, "progress": False},
     }}
