@@ -21,7 +21,7 @@ def latest(folder: Path) -> Path:
     return versions[-1] / folder.name
 
 
-def tiny_params(base_cache: str) -> dict:
+def tiny_params() -> dict:
     return {"radiology": {
         "source": {"max_sentences": 18},
         "training": {"max_steps": 2, "batch_size": 4, "progress": False, "checkpoint_every_steps": 1},
@@ -30,7 +30,7 @@ def tiny_params(base_cache: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, embedded_base):
+def project(tmp_path_factory):
     """A copy of the project's configuration in a scratch folder, run once with tiny settings."""
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
@@ -40,13 +40,12 @@ def project(tmp_path_factory, embedded_base):
     (root / "conf" / "local").mkdir()
     shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
     (root / "src").mkdir()  # bootstrap_project checks it exists; the package itself is installed
-    base_cache = str(Path(embedded_base["local_dir"]).parent)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         bootstrap_project(root)
-        with KedroSession.create(project_path=root, runtime_params=tiny_params(base_cache)) as session:
+        with KedroSession.create(project_path=root, runtime_params=tiny_params()) as session:
             session.run(pipeline_name="radiology")
-        yield root, base_cache
+        yield root, root / "data" / "06_models" / "base"  # where the run converts the embedded model
 
 
 def test_ingestion_accounts_for_every_row_and_splits_by_sentence(project):
@@ -105,7 +104,7 @@ def test_rerun_with_unchanged_inputs_reuses_features_and_does_not_resynthesise(p
     stamps = [w.stat().st_mtime_ns for w in wavs]
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
-        with KedroSession.create(project_path=root, runtime_params=tiny_params(base_cache)) as session:
+        with KedroSession.create(project_path=root, runtime_params=tiny_params()) as session:
             session.run(pipeline_name="radiology", to_nodes=["radiology.build_features"])
     assert [w.stat().st_mtime_ns for w in wavs] == stamps
     indexes = sorted((root / "data/04_feature/radiology/features_index.json").iterdir())
@@ -123,14 +122,14 @@ def test_full_rerun_reuses_the_evaluation_and_a_changed_setting_does_not(project
     before = len(list(folder.iterdir()))
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
-        with KedroSession.create(project_path=root, runtime_params=tiny_params(base_cache)) as session:
+        with KedroSession.create(project_path=root, runtime_params=tiny_params()) as session:
             session.run(pipeline_name="radiology", from_nodes=["radiology.evaluate_on_test"])
     first, rerun = (json.loads((p / "eval_metrics.json").read_text()) for p in sorted(folder.iterdir())[:1] +
                     sorted(folder.iterdir())[before:before + 1])
     assert len(list(folder.iterdir())) == before + 1  # a new version, nothing overwritten
     assert rerun["reused_from"] and first["reused_from"] is None
     assert rerun["adapter"]["normalised"]["wer"] == first["adapter"]["normalised"]["wer"]
-    changed = tiny_params(base_cache)
+    changed = tiny_params()
     changed["radiology"]["evaluation"]["max_utterances"] = 3
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)

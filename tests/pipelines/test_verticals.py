@@ -59,7 +59,7 @@ def test_dataset_factories_resolve_distinct_paths_per_vertical(context):
     assert len(set(storage.values())) == 3
 
 
-def run_tiny(tmp_path: Path, vertical: str, base_cache: str) -> Path:
+def run_tiny(tmp_path: Path, vertical: str) -> Path:
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
@@ -82,8 +82,8 @@ def run_tiny(tmp_path: Path, vertical: str, base_cache: str) -> Path:
 
 
 @pytest.mark.parametrize("vertical", ["finance", "accent"])
-def test_tiny_run_of_a_variant_writes_its_own_outputs(vertical, tmp_path, embedded_base):
-    root = run_tiny(tmp_path, vertical, str(Path(embedded_base["local_dir"]).parent))
+def test_tiny_run_of_a_variant_writes_its_own_outputs(vertical, tmp_path):
+    root = run_tiny(tmp_path, vertical)
     reports = root / "data" / "08_reporting"
     assert [p.name for p in reports.iterdir()] == [vertical]
     metrics_dir = reports / vertical / "eval_metrics.json"
