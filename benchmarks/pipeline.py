@@ -25,10 +25,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from benchmarks.corpus import benchmark_corpus
 from vernacular.common.fileio import write_new_file
 
 REPO = Path(__file__).resolve().parents[1]
-SPEECHOCEAN_TRAIN = REPO.parent / "shared" / "data" / "speechocean762-mini" / "train"
 RESULT_MARKER = "BENCHMARK_RESULT "
 CACHE_FOLDERS = {  # scratch-project paths of the content-addressed caches (relative to its root)
     "synthetic audio": "data/01_raw/{v}/synthetic/audio",
@@ -217,20 +217,7 @@ def base_audio_set(n: int, work_dir: Path, data: str = "auto") -> tuple[list[dic
     """`n` distinct (utterance_id, audio_path, text, speaker) rows to tile, their common root, and a description."""
     from vernacular.data.manifest import default_root, read_manifest, resolve_rows
 
-    if data == "auto":
-        data = str(SPEECHOCEAN_TRAIN) if SPEECHOCEAN_TRAIN.is_dir() else "synthetic"
-    if data == "synthetic":
-        from vernacular.data.corpus import SyntheticCorpusSettings, build_synthetic_corpus
-
-        settings = SyntheticCorpusSettings(sentences="radiology", heldout_voices=[], max_sentences=n,
-                                           validation_fraction=0.0, test_fraction=0.0)
-        path = build_synthetic_corpus(settings, work_dir / "synthetic", progress=False)
-        description = "synthetic espeak-ng radiology sentences"
-    else:
-        path = Path(data)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: corpus not found; pass --data synthetic or a corpus folder/manifest")
-        description = f"{path.name} ({path}, real speech)"
+    path, description = benchmark_corpus(data, n, work_dir)
     raw, _ = read_manifest(path)
     root = default_root(path).resolve()
     rows = resolve_rows(raw, root).sort_values("utterance_id").head(n)

@@ -29,10 +29,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from benchmarks.corpus import benchmark_corpus
 from vernacular.common.fileio import write_new_file
 
 REPO = Path(__file__).resolve().parents[1]
-SPEECHOCEAN_TRAIN = REPO.parent / "shared" / "data" / "speechocean762-mini" / "train"
 RESULT_MARKER = "BENCHMARK_RESULT "
 BACKENDS = ("vernacular", "seq2seq_trainer")
 
@@ -315,21 +315,7 @@ def prepare_features(base_model: dict, n_utterances: int, work_dir: str | Path, 
     from vernacular.models.loading import load_processor
 
     work_dir = Path(work_dir)
-    if data == "auto":
-        data = str(SPEECHOCEAN_TRAIN) if SPEECHOCEAN_TRAIN.is_dir() else "synthetic"
-    if data == "synthetic":
-        from vernacular.data.corpus import SyntheticCorpusSettings, build_synthetic_corpus
-
-        settings = SyntheticCorpusSettings(sentences="radiology", heldout_voices=[], max_sentences=n_utterances,
-                                           validation_fraction=0.0, test_fraction=0.0)
-        path = build_synthetic_corpus(settings, work_dir / "synthetic", progress=progress)
-        description = "synthetic espeak-ng radiology sentences"
-    else:
-        path = Path(data)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: benchmark data not found; pass --data synthetic or a corpus "
-                                    "folder or manifest")
-        description = f"{path} (real speech)"
+    path, description = benchmark_corpus(data, n_utterances, work_dir, progress)
     raw, _ = read_manifest(path)
     rows = resolve_rows(raw, default_root(path)).sort_values("utterance_id").head(n_utterances).assign(split="train")
     if len(rows) < n_utterances:
