@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from tests.paths import REPO
+from tests.paths import REPO, scratch_project
 from vernacular.data.augment import AugmentSettings
 from vernacular.data.manifest import AudioLimits
 from vernacular.evaluation.run import EvaluationSettings
@@ -68,11 +67,7 @@ def test_anchors_of_the_base_conf_restate_the_dataclass_defaults():
 
 
 def test_kedro_run_stops_before_ingestion_on_a_misspelled_key(tmp_path):
-    project = tmp_path / "project"
-    shutil.copytree(REPO / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
-    (project / "conf" / "local").mkdir()
-    shutil.copy(REPO / "pyproject.toml", project / "pyproject.toml")
-    (project / "src").mkdir()
+    project = scratch_project(tmp_path / "project")
     (project / "conf" / "local" / "parameters.yml").write_text("radiology:\n  training:\n    epochz: 3\n")
     result = subprocess.run([sys.executable, "-m", "kedro", "run", "--pipeline=radiology"], cwd=project,
                             capture_output=True, text=True, timeout=300)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from tests.paths import REPO
+from tests.paths import scratch_project
 
 pytestmark = pytest.mark.slow  # end-to-end Kedro runs: minutes; `pytest -m "not slow"` skips them
 
@@ -35,11 +34,7 @@ def project(tmp_path_factory):
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
-    root = tmp_path_factory.mktemp("project")
-    shutil.copytree(REPO / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf" / "local").mkdir()
-    shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
-    (root / "src").mkdir()  # bootstrap_project checks it exists; the package itself is installed
+    root = scratch_project(tmp_path_factory.mktemp("project"))
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         bootstrap_project(root)

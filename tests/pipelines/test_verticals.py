@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
-from tests.paths import REPO
+from tests.paths import REPO, scratch_project
 
 pytestmark = pytest.mark.slow  # end-to-end Kedro runs: minutes; `pytest -m "not slow"` skips them
 
@@ -63,11 +62,7 @@ def run_tiny(tmp_path: Path, vertical: str) -> Path:
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
-    root = tmp_path / "project"
-    shutil.copytree(REPO / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf" / "local").mkdir()
-    shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
-    (root / "src").mkdir()
+    root = scratch_project(tmp_path / "project")
     params = {vertical: {
         "source": {"max_sentences": 14},
         "training": {"max_steps": 2, "batch_size": 4, "progress": False},

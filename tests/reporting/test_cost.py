@@ -5,7 +5,6 @@ import base64
 import json
 import logging
 import math
-import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 import yaml
 from matplotlib.figure import Figure
 
-from tests.paths import REPO
+from tests.paths import REPO, scratch_project
 from vernacular.reporting.cost import (
     CPU_LABEL,
     AdapterSize,
@@ -469,11 +468,7 @@ def test_reporting_node_through_kedro_logs_the_page_link(tmp_path):
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
-    root = tmp_path / "project"
-    shutil.copytree(REPO / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf" / "local").mkdir()
-    shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
-    (root / "src").mkdir()
+    root = scratch_project(tmp_path / "project")
     training, evaluation = run_metrics(tmp_path)
     version = "2026-01-01T00.00.00.000Z"
     for path, data in (("data/07_model_output/finance/training_metrics.json", training),

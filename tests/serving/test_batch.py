@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from vernacular.data.audio import write_wav
-from tests.paths import REPO
+from tests.paths import REPO, scratch_project
 from vernacular.serving.batch import (RESULTS_FILE, BatchSettings, RunInterrupted, chunk_bounds, join_texts,
                                       load_transcriber, read_results, run_inbox)
 from vernacular.serving.cli import latest_adapter
@@ -313,12 +313,8 @@ def test_registry_keeps_transcription_out_of_training_runs():
         assert not nodes & {n.name for n in pipelines["__default__"].nodes}
 
 
-def scratch_project(tmp_path: Path, models_dir: Path) -> Path:
-    root = tmp_path / "project"
-    shutil.copytree(REPO / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf" / "local").mkdir()
-    shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
-    (root / "src").mkdir()
+def project_with_adapters(tmp_path: Path, models_dir: Path) -> Path:
+    root = scratch_project(tmp_path / "project")
     shutil.copytree(models_dir / "radiology", root / "data" / "06_models" / "radiology")
     return root
 
@@ -338,7 +334,7 @@ def run_transcribe(root: Path, load_versions: dict | None = None) -> dict:
 
 
 def test_kedro_transcribe_pipeline_is_incremental_and_pins_adapter_versions(tmp_path, models_dir, speech_clips):
-    root = scratch_project(tmp_path, models_dir)
+    root = project_with_adapters(tmp_path, models_dir)
     inbox = root / "data" / "01_raw" / "radiology" / "inbox"
     fill_inbox(inbox / "2026-11-24", speech_clips, ["a.wav", "b.wav", "c.wav"])
     results = root / "data" / "07_model_output" / "radiology" / "transcriptions"
@@ -361,7 +357,7 @@ def test_kedro_transcribe_pipeline_is_incremental_and_pins_adapter_versions(tmp_
 
 
 def test_kedro_transcribe_with_an_empty_inbox_succeeds_without_a_model(tmp_path, models_dir):
-    root = scratch_project(tmp_path, models_dir)
+    root = project_with_adapters(tmp_path, models_dir)
     (root / "data" / "06_models" / "radiology" / "base_model.json").write_text(
         json.dumps({"name_or_path": "/nonexistent", "source": "local directory", "local_dir": "/nonexistent"}))
     summary = run_transcribe(root)
