@@ -189,7 +189,7 @@ class ParameterCheckHook:
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
-        inputs = pipeline.inputs() | {i for n in pipeline.nodes for i in n.inputs}
+        inputs = {i for n in pipeline.nodes for i in n.inputs}
         used = [v for v in VERTICALS if any(i.startswith(f"params:{v}.") for i in inputs)]
         if used:
             check_parameters(catalog.load("parameters"), used)

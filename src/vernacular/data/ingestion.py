@@ -7,7 +7,7 @@ checks the accounting (`rows_in == clean + quarantined`).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import pandas as pd
@@ -46,15 +46,15 @@ class SourceSettings:
     format: str = "auto"
     root: str | None = None
     parts: list[SourcePart] = field(default_factory=list)
-    # kind: synthetic (see SyntheticCorpusSettings)
-    sentences: str = "radiology"
+    # kind: synthetic: the fields of SyntheticCorpusSettings, with its defaults
+    sentences: str = SyntheticCorpusSettings.sentences
     train_voices: list[str] = field(default_factory=lambda: list(SyntheticCorpusSettings().train_voices))
     heldout_voices: list[str] = field(default_factory=lambda: list(SyntheticCorpusSettings().heldout_voices))
-    heldout_share: float = 0.4
-    readings_per_sentence: int = 1
-    rate_range: list[int] = field(default_factory=lambda: [150, 195])
-    pitch_range: list[int] = field(default_factory=lambda: [35, 65])
-    max_sentences: int | None = None
+    heldout_share: float = SyntheticCorpusSettings.heldout_share
+    readings_per_sentence: int = SyntheticCorpusSettings.readings_per_sentence
+    rate_range: list[int] = field(default_factory=lambda: list(SyntheticCorpusSettings.rate_range))
+    pitch_range: list[int] = field(default_factory=lambda: list(SyntheticCorpusSettings.pitch_range))
+    max_sentences: int | None = SyntheticCorpusSettings.max_sentences
 
     def __post_init__(self) -> None:
         if self.kind not in SOURCE_KINDS:
@@ -99,12 +99,11 @@ def load_source(source: SourceSettings, split: SplitSettings, synthetic_dir: str
     """
     kind = source.kind
     if kind == "synthetic":
-        settings = SyntheticCorpusSettings(
-            sentences=source.sentences, train_voices=source.train_voices, heldout_voices=source.heldout_voices,
-            heldout_share=source.heldout_share, readings_per_sentence=source.readings_per_sentence,
-            rate_range=tuple(source.rate_range), pitch_range=tuple(source.pitch_range),
-            max_sentences=source.max_sentences, validation_fraction=split.validation_fraction,
-            test_fraction=split.test_fraction, split_salt=split.salt)
+        shared = {f.name: getattr(source, f.name) for f in fields(SyntheticCorpusSettings) if hasattr(source, f.name)}
+        settings = SyntheticCorpusSettings(**{**shared, "rate_range": tuple(source.rate_range),
+                                              "pitch_range": tuple(source.pitch_range)},
+                                           validation_fraction=split.validation_fraction,
+                                           test_fraction=split.test_fraction, split_salt=split.salt)
         path = build_synthetic_corpus(settings, synthetic_dir)
         parts = [SourcePart(path=str(path), format="csv", root=str(path.parent))]
     else:

@@ -88,11 +88,10 @@ def export_adapter(base_model: dict, adapter_dir: str | os.PathLike, out_dir: st
     family = family_for(base_model)
     if ct2:
         _check_quantization(quantization)
-        if not family.supports_ct2_export:
-            try:
-                family.export_ct2(None, None, quantization)  # raises the family's own explanation
-            except ValueError as exc:
-                raise ExportError(str(exc)) from exc
+        try:
+            family.check_ct2_export()
+        except ValueError as exc:
+            raise ExportError(str(exc)) from exc
     out_dir = Path(out_dir)
     record: dict = {}
 

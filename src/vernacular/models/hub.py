@@ -12,14 +12,8 @@ def hub_offline() -> bool:
 
 
 def offline_hint(location: str) -> str:
-    """The sentence to add to a failed load of `location` (empty when nothing more is known)."""
-    path = Path(str(location)).expanduser()
-    if path.is_absolute() or str(location).startswith((".", "~")) or path.exists():
-        if not path.exists():
-            return (f" There is no folder {path}: check model.base_model (a local save_pretrained directory, "
-                    "a hub id such as openai/whisper-small, or embedded:whisper-tiny.en).")
-        return ""
-    if hub_offline():
+    """The sentence to add to a failed load of `location`: the offline hint for a hub id, else nothing."""
+    if hub_offline() and not Path(str(location)).expanduser().exists():
         return (" HF_HUB_OFFLINE is set and the model is not in the local hub cache: download it once with "
                 "network access (hf download ...) or use a local directory.")
     return ""

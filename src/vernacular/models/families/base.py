@@ -145,9 +145,15 @@ class ModelFamily:
         raise NotImplementedError
 
     # --- export and model card ------------------------------------------------------------------
+    def check_ct2_export(self) -> None:
+        """Raise unless `export_ct2` is implemented for this family."""
+        if not self.supports_ct2_export:
+            raise ValueError(f"CTranslate2 export exists for Whisper models only; this adapter's base is a "
+                             f"{self.name} model: export without --ct2 (a merged transformers checkpoint)")
+
     def export_ct2(self, model_dir, dest, quantization: str) -> None:
-        raise ValueError(f"CTranslate2 export exists for Whisper models only; this adapter's base is a {self.name} "
-                         "model: export without --ct2 (a merged transformers checkpoint)")
+        self.check_ct2_export()
+        raise NotImplementedError
 
     def loading_snippet(self, location: str, adapter_folder: str) -> list[str]:
         """Python lines that load the base model and the adapter with plain transformers + peft."""
