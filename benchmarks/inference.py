@@ -294,9 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override faster-whisper's compute_type (e.g. int8, int8_float16)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch and CTranslate2")
     parser.add_argument("--base", default="embedded:whisper-tiny.en", help="base model (default: %(default)s)")
-    parser.add_argument("--adapter", default=None, help="PEFT adapter directory (default: the newest under "
-                                                        "<models-dir>/radiology/adapter/)")
-    parser.add_argument("--models-dir", default="data/06_models", help="default: %(default)s")
+    parser.add_argument("--adapter", default=None, help="PEFT adapter directory (default: the newest version of "
+                                                        "the project's radiology.adapter)")
+    parser.add_argument("--env", default=None, help="Kedro environment whose catalog names the adapter")
     parser.add_argument("--systems", default="abcdef", help="which of a-f to run (default: %(default)s)")
     parser.add_argument("--work-dir", default=None, help="where the exports go (default: a temporary folder)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here (a new file)")
@@ -313,9 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from vernacular.models.export import export_adapter, export_ct2
-    from vernacular.models.loading import AdapterNotFoundError as NoAdapterError
-    from vernacular.models.loading import check_adapter_dir
-    from vernacular.serving.cli import latest_adapter
+    from vernacular.catalog_datasets import ProjectCatalog
+    from vernacular.models.loading import AdapterNotFoundError, check_adapter_dir
     from vernacular.models.loading import device_name, load_model, model_location, pick_device, resolve_base_model
 
     if args.json and args.json.exists():
@@ -335,8 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     adapter = args.adapter
     if adapter is None and set(wanted) & set("cdf"):
         try:
-            adapter = latest_adapter(args.models_dir, "radiology")
-        except NoAdapterError as exc:
+            adapter = ProjectCatalog(args.env).latest_adapter("radiology")
+        except AdapterNotFoundError as exc:
             print(f"no adapter, skipping (c), (d), (f): {exc}", file=sys.stderr)
     if adapter is None:
         wanted = [s for s in wanted if s not in "cdf"]
@@ -351,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     segments = build_segments(clips, target_seconds=args.segment_seconds, max_segments=args.segments)
     if len(segments) < args.segments:
         print(f"only {len(segments)} segments could be built from {source} (not enough audio)", file=sys.stderr)
-    base = resolve_base_model(args.base, Path(args.models_dir) / "base")
+    cache = ProjectCatalog(args.env).storage("radiology").base_model_cache_dir if args.base.startswith("embedded:") \
+        else None  # only the embedded model is converted into a cache
+    base = resolve_base_model(args.base, cache)
 
     with contextlib.ExitStack() as stack:
         work = Path(args.work_dir) if args.work_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))

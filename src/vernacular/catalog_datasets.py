@@ -9,10 +9,15 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from kedro.config import OmegaConfigLoader
+from kedro.io import DataCatalog
 from kedro.io.core import AbstractDataset, AbstractVersionedDataset, DatasetError, Version
 from kedro_datasets.partitions import PartitionedDataset
 
 from vernacular.common.fileio import apply_umask, write_file_atomically, write_new_directory
+from vernacular.common.storage import StorageLayout
+from vernacular.models.loading import AdapterNotFoundError
+from vernacular.settings import CONFIG_LOADER_ARGS
 
 
 class AdapterDataset(AbstractVersionedDataset[Any, str]):
@@ -123,3 +128,38 @@ class ReportPageDataset(AbstractVersionedDataset[str, str]):
         except DatasetError:
             return False
         return Path(path).is_file()
+
+
+class ProjectCatalog:
+    """The project's catalog and parameters as `kedro run --env ENV` sees them, read from ./conf.
+
+    For the commands that use a trained adapter outside a Kedro run (`vernacular transcribe`,
+    `vernacular export`): they find the adapter and its base model through the catalog, never
+    through paths of their own. No Kedro session is started (its logging setup writes to stdout).
+    """
+
+    def __init__(self, env: str | None = None, project_dir: str | Path = "."):
+        conf = Path(project_dir) / "conf"
+        if not conf.is_dir():
+            raise FileNotFoundError(f"{conf.resolve()}: no Kedro configuration here; run the command from the "
+                                    "project folder, or pass --adapter and --base-model")
+        loader = OmegaConfigLoader(str(conf), **{**CONFIG_LOADER_ARGS, **({"default_run_env": env} if env else {})})
+        self.catalog = DataCatalog.from_config(loader["catalog"])
+        self.parameters = loader["parameters"]
+
+    def latest_adapter(self, vertical: str) -> str:
+        """The newest saved version of `<vertical>.adapter`."""
+        name = f"{vertical}.adapter"
+        try:
+            return self.catalog.load(name)
+        except DatasetError as exc:
+            raise AdapterNotFoundError(f"no trained adapter in the catalog entry {name} ({exc}): run "
+                                       f"`kedro run --pipeline={vertical}` first (or pass --adapter PATH)") from exc
+
+    def base_model(self, vertical: str) -> dict | None:
+        """The base model the vertical's last features run resolved (`<vertical>.base_model`), if any."""
+        name = f"{vertical}.base_model"
+        return self.catalog.load(name) if self.catalog.exists(name) else None
+
+    def storage(self, vertical: str) -> StorageLayout:
+        return StorageLayout.for_vertical(vertical, (self.parameters.get(vertical) or {}).get("storage"))

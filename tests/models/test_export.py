@@ -204,7 +204,7 @@ def test_inference_benchmark_runs_every_system(tiny_whisper, speech_clips, tmp_p
     out = tmp_path / "inference.json"
     argv = ["--data", str(data), "--segments", "2", "--segment-seconds", "2", "--batch-sizes", "1,2",
             "--device", "cpu", "--base", tiny_whisper["local_dir"], "--adapter", str(adapter),
-            "--models-dir", str(tmp_path / "models"), "--work-dir", str(tmp_path / "work"), "--json", str(out)]
+            "--work-dir", str(tmp_path / "work"), "--json", str(out)]
     assert inference.main(argv) == 0
     printed = capsys.readouterr().out
     result = json.loads(out.read_text())

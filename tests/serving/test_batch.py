@@ -19,7 +19,6 @@ from vernacular.data.audio import write_wav
 from tests.paths import REPO, scratch_project
 from vernacular.serving.batch import (RESULTS_FILE, BatchSettings, RunInterrupted, chunk_bounds, join_texts,
                                       load_transcriber, read_results, run_inbox)
-from vernacular.serving.cli import latest_adapter
 
 VERSION_OLD = "2026-01-01T00.00.00.000Z"
 VERSION_NEW = "2026-02-01T00.00.00.000Z"
@@ -124,7 +123,7 @@ def test_bad_settings_are_rejected():
 
 def test_rerun_transcribes_only_new_or_changed_files_and_reports_bad_ones(tmp_path, tiny_whisper, models_dir,
                                                                          speech_clips):
-    adapter = latest_adapter(models_dir, "radiology")
+    adapter = str(models_dir / "radiology" / "adapter" / VERSION_NEW / "adapter")
     assert Path(adapter).parent.name == VERSION_NEW
     batch = settings()
     inbox, results = tmp_path / "inbox", tmp_path / "results"
@@ -169,7 +168,7 @@ def test_rerun_transcribes_only_new_or_changed_files_and_reports_bad_ones(tmp_pa
 
 def test_killed_run_loses_nothing_and_redoes_only_the_unfinished_batch(tmp_path, tiny_whisper, models_dir,
                                                                       speech_clips):
-    adapter = latest_adapter(models_dir, "radiology")
+    adapter = str(models_dir / "radiology" / "adapter" / VERSION_NEW / "adapter")
     batch = settings(batch_size=2)
     names = [f"clip{i}.wav" for i in range(7)]
     files = fill_inbox(tmp_path / "inbox", speech_clips, names)
@@ -266,10 +265,11 @@ def test_cli_prints_json_lines_with_the_latest_adapter(tmp_path, models_dir, spe
     fill_inbox(tmp_path, speech_clips, ["one.wav", "two.wav"])
     (tmp_path / "bad.wav").write_bytes(b"\x00" * 64)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    root = project_with_adapters(tmp_path, models_dir)  # the latest adapter comes from its catalog
     done = subprocess.run([sys.executable, "-m", "vernacular", "transcribe", "--vertical", "radiology",
-                           "--models-dir", str(models_dir), "--device", "cpu", str(tmp_path / "one.wav"),
+                           "--device", "cpu", str(tmp_path / "one.wav"),
                            str(tmp_path / "bad.wav"), str(tmp_path / "two.wav")],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, env=env, timeout=300, cwd=root)
     assert done.returncode == 1, done.stderr  # one file failed
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert [Path(r["file"]).name for r in lines] == ["one.wav", "bad.wav", "two.wav"]
@@ -279,17 +279,18 @@ def test_cli_prints_json_lines_with_the_latest_adapter(tmp_path, models_dir, spe
     assert lines[0]["duration_s"] > 0.5 and isinstance(lines[0]["text"], str)
 
 
-def test_cli_pinned_adapter_and_missing_adapter(tmp_path, models_dir, speech_clips, capsys):
+def test_cli_pinned_adapter_and_missing_adapter(tmp_path, models_dir, speech_clips, capsys, monkeypatch):
     from vernacular.serving.cli import main
 
     fill_inbox(tmp_path, speech_clips, ["one.wav"])
+    monkeypatch.chdir(project_with_adapters(tmp_path, models_dir))
     pinned = models_dir / "radiology" / "adapter" / VERSION_OLD / "adapter"
-    assert main(["--vertical", "radiology", "--models-dir", str(models_dir), "--adapter", str(pinned),
+    assert main(["--vertical", "radiology", "--adapter", str(pinned),
                  "--device", "cpu", str(tmp_path / "one.wav")]) == 0
     (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert record["adapter_version"] == VERSION_OLD and record["status"] == "ok"
 
-    assert main(["--vertical", "finance", "--models-dir", str(models_dir), str(tmp_path / "one.wav")]) == 2
+    assert main(["--vertical", "finance", str(tmp_path / "one.wav")]) == 2
     assert "run `kedro run --pipeline=finance` first" in capsys.readouterr().err
 
 
