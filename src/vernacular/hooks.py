@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -139,9 +140,7 @@ class OptionalMlflowHook:
             logger.warning("MLflow logging of %s failed: %s", dataset_name, exc)
 
     def _log_output(self, catalog, name: str, data: Any, run_id: str) -> None:
-        import time
-
-        import mlflow
+        import mlflow  # optional (the `mlflow` extra): imported only when tracking is on
         from mlflow.entities import Metric
 
         short = name.rsplit(".", 1)[-1]

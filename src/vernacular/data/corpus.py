@@ -12,11 +12,13 @@ from importlib import resources
 from pathlib import Path
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from vernacular.common.config import build_settings
 from vernacular.common.fileio import sha256_text, short_id
 from vernacular.common.text import sentence_key, slug
 from vernacular.data.manifest import assign_split
+from vernacular.data.synth import render
 
 
 @dataclass
@@ -102,10 +104,6 @@ def build_synthetic_corpus(settings: SyntheticCorpusSettings, out_dir: str | Pat
 
     Returns the manifest path. Files that already exist are not synthesised again.
     """
-    from tqdm.auto import tqdm
-
-    from vernacular.data.synth import render
-
     out_dir = Path(out_dir)
     audio_dir = out_dir / "audio"
     audio_dir.mkdir(parents=True, exist_ok=True)

@@ -11,14 +11,17 @@ The helper is started lazily, once per process, under a lock; requests are seria
 from __future__ import annotations
 
 import atexit
+import inspect
 import json
 import numbers
 import os
 import subprocess
 import sys
+import textwrap
 import threading
 from pathlib import Path
 
+import espeakng_loader
 import numpy as np
 import soundfile as sf
 
@@ -167,11 +170,6 @@ class _Worker:
     """Client side of the helper process started by `_worker_main`."""
 
     def __init__(self) -> None:
-        import inspect
-        import textwrap
-
-        import espeakng_loader
-
         source = textwrap.dedent(inspect.getsource(_worker_main)) + "\n_worker_main()\n"
         command = [sys.executable, "-I", "-c", source,
                    espeakng_loader.get_library_path(), espeakng_loader.get_data_path()]

@@ -319,8 +319,6 @@ def statistics_block(transcripts: pd.DataFrame, settings: EvaluationSettings) ->
 
 def _examples(transcripts: pd.DataFrame, n: int) -> list[dict]:
     """Utterances where base and adapter differ, most improved first."""
-    from vernacular.evaluation.metrics import per_utterance_errors
-
     base = per_utterance_errors(transcripts["reference"].tolist(), transcripts["base"].tolist())
     adapted = per_utterance_errors(transcripts["reference"].tolist(), transcripts["adapter"].tolist())
     scored = []

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import AddedToken
 from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration,
                           WhisperProcessor, WhisperTokenizer)
 
@@ -324,7 +325,6 @@ def _whisper_config(variables: dict[str, np.ndarray], ct2_config: dict):
 
 
 def _build_tokenizer(ct2_dir: Path, vocab_size: int):
-    from tokenizers import AddedToken
     tokenizer_file = ct2_dir / "tokenizer.json"
     added = json.loads(tokenizer_file.read_text(encoding="utf-8"))["added_tokens"]
     special = [t["content"] for t in added if t["special"] and t["content"] != "<|endoftext|>"]

@@ -12,6 +12,7 @@ missing git checkout, hub cache or file: they record "unknown" and why.
 from __future__ import annotations
 
 import datetime as dt
+from importlib import resources
 import importlib.metadata
 import json
 import os
@@ -21,7 +22,9 @@ import subprocess
 from pathlib import Path
 
 import pandas as pd
+import torch
 import yaml
+from huggingface_hub import try_to_load_from_cache
 
 from vernacular.common.fileio import new_digest, sha256_file, sha256_text
 from vernacular.common.storage import version_of
@@ -191,8 +194,6 @@ def base_model_revision(base_model: dict, hub_cache: str | Path | None = None) -
         info["kind"] = "hub"
         local = None
         try:
-            from huggingface_hub import try_to_load_from_cache
-
             cached = try_to_load_from_cache(name, "config.json", cache_dir=hub_cache)
         except Exception as exc:  # a malformed id or cache must not stop the card
             cached, info["notes"] = None, [f"hub cache lookup failed: {exc}"]
@@ -231,8 +232,6 @@ def machine_info() -> dict:
         pass
     gpus = []
     try:
-        import torch
-
         if torch.cuda.is_available():
             gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         cuda = torch.version.cuda
@@ -508,8 +507,6 @@ def _dirty(git: dict) -> str:
 def _sentence_corpus_hash(name_or_path: str) -> dict | None:
     path = Path(name_or_path)
     if not (path.suffix == ".txt" and path.is_file()):
-        from importlib import resources
-
         resource = resources.files("vernacular.data.corpora") / f"{name_or_path}.txt"
         if not resource.is_file():
             return None
