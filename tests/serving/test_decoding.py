@@ -22,7 +22,22 @@ from vernacular.serving.decoding import build_segments, transcribe
     ("a b a b a b c", "a b a b c"),
 ])
 def test_collapse_repeats(text, expected):
-    assert collapse_repeats(text, 2) == expected
+    """The n-gram trimming itself (the loop test switched off)."""
+    assert collapse_repeats(text, 2, min_compression_ratio=0) == expected
+
+
+@pytest.mark.parametrize("text", ["Five five five four.", "My account number is five five five five one two.",
+                                  "The bank bank bank of the river.", "No, no, no, I said no.",
+                                  "zero zero zero zero zero seven"])
+def test_genuine_repeats_are_kept(text):
+    assert collapse_repeats(text, 2) == text
+
+
+def test_a_real_loop_is_cut():
+    loop = "The patient was seen " + "an " * 60 + "today."
+    assert collapse_repeats(loop, 2) == "The patient was seen an an today."
+    assert collapse_repeats("There is no pneumothorax. " + "Thank you. " * 30, 2) == \
+        "There is no pneumothorax. Thank you. Thank you."
 
 
 def test_collapse_repeats_can_be_switched_off():

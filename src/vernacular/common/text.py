@@ -8,6 +8,7 @@ between splits). `collapse_repeats` is the decode-time loop guard applied to eve
 from __future__ import annotations
 
 import re
+import zlib
 
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")
 _PUNCT = ",.;:!?"
@@ -37,13 +38,23 @@ def sentence_case(text: str) -> str:
     return joined[:1].upper() + joined[1:]
 
 
-def collapse_repeats(text: str, max_repeats: int, max_ngram: int = 8) -> str:
-    """Cut any run of a word n-gram (n <= max_ngram) repeated back to back to `max_repeats` copies.
+def compression_ratio(text: str) -> float:
+    """len(text) / len(zlib(text)): about 1 for ordinary sentences, high for text that repeats itself
+    (Whisper's own hallucination test uses > 2.4)."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
 
-    A decoding guard, applied to every model alike: a looping hypothesis otherwise adds dozens
-    of insertions to one utterance and dominates a group's WER.
+
+def collapse_repeats(text: str, max_repeats: int, max_ngram: int = 8, min_compression_ratio: float = 2.4) -> str:
+    """In a looping hypothesis, cut any run of a word n-gram (n <= max_ngram) repeated back to back
+    to `max_repeats` copies.
+
+    A decoding guard, applied to every model alike: a looping hypothesis otherwise adds dozens of
+    insertions to one utterance and dominates a group's WER. Only text whose compression ratio
+    exceeds `min_compression_ratio` counts as a loop, so genuine repeats ("five five five four",
+    "bank bank bank") are kept.
     """
-    if max_repeats <= 0:
+    if max_repeats <= 0 or compression_ratio(text) <= min_compression_ratio:
         return text
     words = text.split()
     changed = True

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from transformers import AutoProcessor
 
 from vernacular.common.config import build_settings
+from vernacular.common.text import collapse_repeats
 from vernacular.data.augment import AugmentSettings
 
 IGNORE_INDEX = -100  # label padding: ignored by every family's loss
@@ -36,8 +37,10 @@ class DecodeSettings:
     max_tokens_per_second: float = 7.0
     min_new_tokens_cap: int = 16
     no_repeat_ngram_size: int = 0
-    # Loops that survive the cap ("no, no, no, ...") are cut to this many repeats (0: keep as is).
+    # Loops that survive the cap ("no, no, no, ...") are cut to this many repeats (0: keep as is) ...
     max_ngram_repeats: int = 2
+    # ... when the hypothesis compresses this well (a loop); genuine repeats ("five five five") stay.
+    loop_compression_ratio: float = 2.4
 
     @classmethod
     def from_dict(cls, values: dict | None, section: str = "decoding") -> "DecodeSettings":
@@ -52,6 +55,12 @@ def unwrap(model):
 def input_device_dtype(model, device):
     param = next(model.parameters())
     return (torch.device(device) if device is not None else param.device), param.dtype
+
+
+def guard_loops(text: str, settings: DecodeSettings) -> str:
+    """The decode-time loop guard every family applies to its hypotheses."""
+    return collapse_repeats(text.strip(), settings.max_ngram_repeats,
+                            min_compression_ratio=settings.loop_compression_ratio)
 
 
 def decode_batches(audios: list, settings: DecodeSettings, progress: bool, desc: str = "transcribe"):

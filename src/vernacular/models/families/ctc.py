@@ -16,9 +16,8 @@ import torch
 from transformers import AutoModelForCTC, PretrainedConfig
 from transformers.loss.loss_ctc import ForCTCLoss
 
-from vernacular.common.text import collapse_repeats
 from vernacular.data.audio import TARGET_SAMPLE_RATE
-from vernacular.models.families.base import (IGNORE_INDEX, DecodeSettings, ModelFamily, decode_batches,
+from vernacular.models.families.base import (IGNORE_INDEX, DecodeSettings, ModelFamily, decode_batches, guard_loops,
                                              input_device_dtype, unwrap)
 
 log = logging.getLogger(__name__)
@@ -185,5 +184,5 @@ class CTCFamily(SequenceFamily):
             for row, length in zip(ids, lengths.tolist()):
                 tokens = _ctc_collapse(row[:int(length)].tolist(), blank)
                 text = processor.tokenizer.decode(tokens, skip_special_tokens=True, group_tokens=False)
-                texts.append(collapse_repeats(text.strip(), settings.max_ngram_repeats))
+                texts.append(guard_loops(text, settings))
         return texts

@@ -10,8 +10,8 @@ from transformers import AutoConfig
 from transformers.loss.loss_rnnt import rnnt_loss
 from transformers.utils import logging as hf_logging
 
-from vernacular.common.text import collapse_repeats
-from vernacular.models.families.base import IGNORE_INDEX, DecodeSettings, decode_batches, input_device_dtype, unwrap
+from vernacular.models.families.base import (IGNORE_INDEX, DecodeSettings, decode_batches, guard_loops,
+                                             input_device_dtype, unwrap)
 from vernacular.models.families.ctc import SequenceFamily
 
 # RNN-T checkpoints whose forward/generate this module drives (tested with a tiny random model).
@@ -113,5 +113,5 @@ class RNNTFamily(SequenceFamily):
             for row in sequences.tolist():
                 tokens = [t for t in row if t not in skip]
                 text = processor.tokenizer.decode(tokens, skip_special_tokens=True, group_tokens=False)
-                texts.append(collapse_repeats(text.strip(), settings.max_ngram_repeats))
+                texts.append(guard_loops(text, settings))
         return texts

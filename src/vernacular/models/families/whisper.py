@@ -16,11 +16,10 @@ import torch
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 from transformers.utils import logging as hf_logging
 
-from vernacular.common.text import collapse_repeats
 from vernacular.data.audio import TARGET_SAMPLE_RATE
 from vernacular.data.augment import AugmentSettings, augment_audio, spec_augment
 from vernacular.models.whisper_ct2 import export_to_ct2
-from vernacular.models.families.base import (IGNORE_INDEX, DecodeSettings, ModelFamily, decode_batches,
+from vernacular.models.families.base import (IGNORE_INDEX, DecodeSettings, ModelFamily, decode_batches, guard_loops,
                                              input_device_dtype, unwrap)
 
 HOP_LENGTH = 160
@@ -182,7 +181,7 @@ class WhisperFamily(ModelFamily):
                 kwargs["no_repeat_ngram_size"] = settings.no_repeat_ngram_size
             tokens = _quiet_generate(model, features, kwargs)
             decoded = processor.tokenizer.batch_decode(tokens, skip_special_tokens=True)
-            texts.extend(collapse_repeats(t.strip(), settings.max_ngram_repeats) for t in decoded)
+            texts.extend(guard_loops(t, settings) for t in decoded)
         return texts
 
     def export_ct2(self, model_dir, dest, quantization: str) -> None:
