@@ -101,7 +101,7 @@ def test_jsonl_with_a_malformed_line(tmp_path):
 def test_csv_row_with_extra_fields_is_reported(tmp_path):
     (tmp_path / "m.csv").write_text("audio_path,text\na.wav,Fine.\nb.wav,Too,many,fields\n")
     rows, unreadable = read_manifest(tmp_path / "m.csv")
-    assert len(rows) == 1 and list(unreadable["source_row"]) == [2]
+    assert len(rows) == 1 and list(unreadable["source_row"]) == [3]  # the line in the file (header is line 1)
 
 
 @pytest.mark.parametrize("content, message", [
@@ -167,3 +167,10 @@ def test_bad_split_configuration_is_rejected():
         assign_split("x", 0.5, 0.6)
     with pytest.raises(ValueError, match="split.by"):
         split_manifest(make_clean(10), "random", 0.1, 0.2)
+
+
+def test_csv_rows_are_numbered_by_their_line_in_the_file(tmp_path):
+    (tmp_path / "m.csv").write_text('audio_path,text\na.wav,Fine.\n\nb.wav,"two\nlines"\nc.wav,x,y\n')
+    rows, unreadable = read_manifest(tmp_path / "m.csv")
+    assert list(rows["source_row"]) == [2]
+    assert list(unreadable["source_row"]) == [4, 5, 6] and "m.csv:6: more fields" in unreadable["reason"].iloc[2]

@@ -255,7 +255,7 @@ def test_audiofolder_rows_and_reasons(audiofolder):
     assert detect_format(audiofolder) == "audiofolder"
     rows, unreadable, clean, quarantine = ingest(audiofolder, out=audiofolder.parent / "clean")
     assert len(rows) + len(unreadable) == 7
-    assert list(unreadable["source_row"]) == [7]
+    assert list(unreadable["source_row"]) == [8]  # the line in metadata.csv
     assert sorted(clean["text"]) == ["first clip", "second clip", "third clip"]
     by_text = clean.set_index("text")
     assert by_text.loc["second clip", "speaker"] == "spk2"
@@ -296,7 +296,7 @@ def test_csv_metadata_columns_survive_validation_and_split(tmp_path):
           "a.wav,one,s1,f,train,", "a.wav,two,s2,m,test,1.0", "a.wav,three,s2,m,,0",
           "a.wav,four,s1,f,,x", "../../etc/passwd,five,s1,f,,")
     rows, unreadable, clean, quarantine = ingest(tmp_path / "c/m.csv")
-    assert list(unreadable["source_row"]) == [4]
+    assert list(unreadable["source_row"]) == [5]  # the line in m.csv
     assert "split" not in rows and rows["orig_split"].tolist()[:2] == ["train", "test"]
     assert clean["gender"].tolist() == ["f", "m"]
     why = dict(zip(quarantine["text"], quarantine["reason"]))

@@ -26,8 +26,15 @@ def read_audio(path: str | os.PathLike, target_sample_rate: int = TARGET_SAMPLE_
     `offset`/`duration` (seconds) select a segment. Raises AudioError naming the file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise AudioError(f"{path}: is a directory, not an audio file")
     if not path.is_file():
-        raise AudioError(f"{path}: file not found")
+        raise AudioError(f"{path}: file not found" + (" (a dangling symbolic link)" if path.is_symlink() else ""))
+    truncated = wav_truncation(path)
+    if truncated:
+        declared, held = truncated
+        raise AudioError(f"{path}: truncated WAV: its header declares {declared:.2f} s but the file holds "
+                         f"{held:.2f} s (an interrupted copy?); copy or export it again")
     try:
         with sf.SoundFile(str(path)) as handle:
             rate = handle.samplerate
@@ -44,6 +51,36 @@ def read_audio(path: str | os.PathLike, target_sample_rate: int = TARGET_SAMPLE_
     if not np.isfinite(mono).all():
         raise AudioError(f"{path}: audio contains NaN or infinite samples")
     return resample(mono, rate, target_sample_rate)
+
+
+def wav_truncation(path: Path) -> tuple[float, float] | None:
+    """(declared, held) seconds when `path` is a RIFF WAV whose data chunk is shorter than its header
+    says; None otherwise (libsndfile silently reads what is there)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            byte_rate = None
+            while True:
+                chunk = handle.read(8)
+                if len(chunk) < 8:
+                    return None
+                name, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+                if name == b"fmt ":
+                    fmt = handle.read(size)
+                    byte_rate = int.from_bytes(fmt[8:12], "little")
+                    handle.seek(size % 2, 1)
+                elif name == b"data":
+                    held = os.fstat(handle.fileno()).st_size - handle.tell()
+                    # 0 and 0xFFFFFFFF: streaming writers that never filled in the size
+                    if byte_rate and 0 < size < 0xFFFFFFFF and held < size:
+                        return size / byte_rate, held / byte_rate
+                    return None
+                else:
+                    handle.seek(size + size % 2, 1)
+    except OSError:
+        return None
 
 
 def resample(audio: np.ndarray, source_rate: int, target_rate: int = TARGET_SAMPLE_RATE) -> np.ndarray:

@@ -7,6 +7,7 @@ checks the accounting (`rows_in == clean + quarantined`).
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -173,11 +174,9 @@ def split_corpus(clean_manifest: pd.DataFrame, quarantine: pd.DataFrame, raw_man
     counts = {"rows_in": len(raw_manifest), "clean": len(manifest), "quarantined": len(report)}
     if counts["rows_in"] != counts["clean"] + counts["quarantined"]:
         raise RuntimeError(f"row accounting broken: {counts}")  # a silent drop would be a bug
-    if manifest.empty:
-        raise ValueError(f"no usable rows: all {counts['rows_in']} rows were quarantined; see the quarantine "
-                         "report for the reasons")
+    # An empty manifest is saved with its quarantine report; `require_usable_rows` stops the next stage.
     summary = {**counts,
-               "quarantine_reasons": report["reason"].str.split(":").str[0].value_counts().to_dict(),
+               "quarantine_reasons": report["reason"].map(reason_kind).value_counts().to_dict(),
                "splits": manifest["split"].value_counts().to_dict(),
                "speakers_per_split": manifest.groupby("split")["speaker"].nunique().to_dict(),
                "audio_hours_per_split": (manifest.groupby("split")["duration"].sum() / 3600).round(4).to_dict(),
@@ -187,3 +186,23 @@ def split_corpus(clean_manifest: pd.DataFrame, quarantine: pd.DataFrame, raw_man
     if len(report):
         log.warning("%d of %d rows quarantined: %s", len(report), counts["rows_in"], summary["quarantine_reasons"])
     return manifest, report, summary
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a quarantine reason, without the file, line and figures it names:
+    "/data/a.wav: cannot decode audio (...)" -> "cannot decode audio"."""
+    text = _LEADING_PATH.sub("", str(reason))
+    return _REASON_END.split(text, maxsplit=1)[0].strip() or str(reason)
+
+
+_LEADING_PATH = re.compile(r"^[^\s:]*[/\\][^\s:]*: ")  # "<file path>: " at the start
+_REASON_END = re.compile(r"[:(']")
+
+
+def require_usable_rows(manifest: pd.DataFrame, vertical: str) -> None:
+    """Stop a run whose ingestion kept no row, pointing at the saved quarantine report."""
+    if manifest.empty or not (manifest["split"] == "train").any():
+        kept = "no row" if manifest.empty else "no training row"
+        raise ValueError(f"no usable rows: ingestion kept {kept}; the reasons are in this run's quarantine report "
+                         f"(the newest version of the catalog entry {vertical}.quarantine) and the counts in "
+                         f"{vertical}.ingestion_summary")

@@ -9,7 +9,7 @@ A manifest row (the typed record every source is turned into) has:
 | text | reference transcript |
 | speaker | speaker or voice id ("unknown" when absent) |
 | offset, duration | optional segment within the recording, seconds |
-| source_row | 1-based row number in the source manifest, for error messages |
+| source_row | 1-based line of the row in the source file, for error messages |
 
 Any other source column (Kaldi `gender`/`age`, a CSV's own metadata) follows these, unchanged.
 
@@ -26,7 +26,9 @@ import io
 import json
 import logging
 import math
+import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,9 +62,65 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class AudioLimits:
+    """`params:<vertical>.audio_limits`: what a usable clip is (docs/reliability.md lists each reason)."""
+
     min_seconds: float = 0.3
     max_seconds: float = 30.0
     min_peak: float = 1e-4  # below this the clip is treated as silence
+    min_std: float = 1e-5  # a constant signal (DC) has no variation at all
+    max_clipped_share: float = 0.01  # share of samples at full scale (|x| >= 0.999)
+    # Spectral flatness of the louder half of the frames: white noise ~0.56; the shared real corpora
+    # and espeak-ng stay below 0.14 (measured, docs/reliability.md).
+    max_spectral_flatness: float = 0.4
+    # Words of the transcript per second of audio: real read speech here is 0.5-3.9.
+    min_words_per_second: float = 0.1
+    max_words_per_second: float = 8.0
+
+    def check(self, audio: np.ndarray, sample_rate: int, words: int) -> str | None:
+        """Why a decoded clip is not usable speech for its transcript, or None."""
+        seconds = len(audio) / sample_rate
+        peak = float(np.abs(audio).max())
+        if seconds < self.min_seconds:
+            return f"too short: {seconds:.2f} s < {self.min_seconds} s"
+        if seconds > self.max_seconds:
+            return (f"too long: {seconds:.1f} s > {self.max_seconds} s; split the recording into segments "
+                    "(offset/duration columns) first")
+        if peak > 1.0 + 1e-6:
+            return (f"samples beyond full scale: peak {peak:.2f} (a float file that is not normalised); "
+                    "rescale it to [-1, 1]")
+        if peak < self.min_peak:
+            return f"silent audio (peak {peak:.1e})"
+        if float(audio.std()) < self.min_std:
+            return f"no signal: constant value {float(audio.mean()):+.3f} (DC)"
+        clipped = float((np.abs(audio) >= 0.999).mean())
+        if clipped > self.max_clipped_share:
+            return f"clipped: {100 * clipped:.1f}% of samples at full scale (> {100 * self.max_clipped_share:g}%)"
+        flatness = spectral_flatness(audio)
+        if flatness > self.max_spectral_flatness:
+            return f"noise, not speech: spectral flatness {flatness:.2f} > {self.max_spectral_flatness}"
+        rate = words / seconds
+        if not self.min_words_per_second <= rate <= self.max_words_per_second:
+            return (f"transcript does not fit the audio: {words} words in {seconds:.1f} s = {rate:.1f} words/s "
+                    f"(expected {self.min_words_per_second}-{self.max_words_per_second}); wrong transcript or "
+                    "wrong file?")
+        return None
+
+
+def spectral_flatness(audio: np.ndarray, frame: int = 512) -> float:
+    """Median spectral flatness (geometric / arithmetic mean of the power spectrum) of the louder half
+    of the frames: near 0 for speech and tones, about 0.56 for white noise."""
+    if len(audio) < frame:
+        return 0.0
+    frames = np.lib.stride_tricks.sliding_window_view(audio, frame)[::frame // 2]
+    power = np.abs(np.fft.rfft(frames * np.hanning(frame), axis=1)) ** 2 + 1e-12
+    energy = power.sum(1)
+    loud = power[energy >= np.median(energy)]
+    return float(np.median(np.exp(np.log(loud).mean(1)) / loud.mean(1)))
+
+
+def has_words(text: str) -> bool:
+    """True when the text holds a letter or a digit of any script (not only punctuation or symbols)."""
+    return any(unicodedata.category(c)[0] in "LN" for c in text)
 
 
 def _first_json_object(path: Path, max_lines: int = 50) -> dict | None:
@@ -126,35 +184,77 @@ def default_root(path: str | Path) -> Path:
 
 
 def _read_text(path: Path) -> str:
+    """The file's text; bytes that are not UTF-8 survive as surrogates so that only the rows holding
+    them are quarantined (`_not_utf8`), not the whole file."""
     try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"{path}: not UTF-8 text ({exc}); re-save the file as UTF-8") from exc
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read the manifest ({exc})") from exc
+    return data.decode("utf-8-sig" if data.startswith(b"\xef\xbb\xbf") else "utf-8", errors="surrogateescape")
+
+
+def _not_utf8(*values) -> str | None:
+    """A reason when any value holds bytes that were not UTF-8, else None."""
+    for value in values:
+        if isinstance(value, str):
+            bad = next((c for c in value if "\udc80" <= c <= "\udcff"), None)
+            if bad is not None:
+                return (f"not UTF-8 text (byte 0x{ord(bad) - 0xDC00:02X}, e.g. Latin-1); re-save the file as "
+                        "UTF-8")
+    return None
 
 
 def _read_table(path: Path, fmt: str) -> tuple[list[dict], list[str], list[dict]]:
-    """Records, column names and unparseable rows of a CSV/TSV/JSON-lines file."""
+    """Records, column names and unparseable rows of a CSV/TSV/JSON-lines file.
+
+    `source_row` is the record's first line in the file. TSV has no quoting (a transcript may start
+    with `"`); a CSV record spanning several lines (usually an unbalanced quote) is quarantined line by
+    line, so every data line of the file is one kept or quarantined row.
+    """
     bad: list[dict] = []
     records: list[dict] = []
+    text = _read_text(path)
     if fmt in ("csv", "tsv"):
-        reader = csv.DictReader(io.StringIO(_read_text(path)), delimiter="," if fmt == "csv" else "\t")
-        for number, record in enumerate(reader, start=1):
+        options = {"delimiter": ","} if fmt == "csv" else {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
+        reader = csv.DictReader(io.StringIO(text), **options)
+        columns = list(reader.fieldnames or [])
+        if _not_utf8(*columns):
+            raise ManifestError(f"{path}: header line: {_not_utf8(*columns)}")
+        physical = text.splitlines()
+        previous = reader.line_num
+        for record in reader:
+            first, last = previous + 1, reader.line_num
+            while first < last and not physical[first - 1].strip():  # blank lines the reader skipped
+                first += 1
+            previous = last
+            problem = None
             if None in record:  # more fields than header columns
-                bad.append({"source_row": number, "reason": "malformed row: more fields than header columns"})
+                problem = f"more fields ({len(columns) + len(record[None])}) than header columns ({len(columns)})"
+            elif last > first and any("\n" in str(v) for v in record.values()):
+                for line in range(first, last + 1):
+                    bad.append({"source_row": line, "reason": f"malformed row: {path.name}:{line}: inside a quoted "
+                                f"field spanning lines {first}-{last} (an unbalanced quote?); fix the quoting"})
                 continue
-            record["source_row"] = number
+            else:
+                problem = _not_utf8(*record.values())
+            if problem:
+                bad.append({"source_row": first, "reason": f"malformed row: {path.name}:{first}: {problem}"})
+                continue
+            record["source_row"] = first
             records.append(record)
-        return records, list(reader.fieldnames or []), bad
+        return records, columns, bad
     columns: dict[str, None] = {}
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
+            if _not_utf8(line):
+                raise ValueError(_not_utf8(line))
             record = json.loads(line)
             if not isinstance(record, dict):
                 raise ValueError("not a JSON object")
         except ValueError as exc:
-            bad.append({"source_row": number, "reason": f"malformed JSON line: {exc}"})
+            bad.append({"source_row": number, "reason": f"malformed JSON line: {path.name}:{number}: {exc}"})
             continue
         record["source_row"] = number
         columns.update(dict.fromkeys(record))
@@ -417,6 +517,15 @@ def _extra_value(value):
     return None if _blank(value) else value
 
 
+def _anchor(path: str, root: Path) -> str:
+    """An absolute path as written (the user's own file); a relative one joined to `root` without
+    following links, and left relative when `..` takes it out of `root` (validation rejects it)."""
+    if os.path.isabs(path):
+        return os.path.normpath(path)
+    joined = os.path.normpath(os.path.join(root, path))
+    return joined if Path(joined).is_relative_to(root) else path
+
+
 def resolve_rows(rows: pd.DataFrame, root: str | Path) -> pd.DataFrame:
     """Anchor relative paths at `root`, fill ids and speakers, and type the columns.
 
@@ -424,7 +533,7 @@ def resolve_rows(rows: pd.DataFrame, root: str | Path) -> pd.DataFrame:
     """
     root = Path(root).resolve()
     out = rows.copy()
-    out["audio_path"] = [str((root / str(p)).resolve()) if not _blank(p) else "" for p in out["audio_path"]]
+    out["audio_path"] = [_anchor(str(p), root) if not _blank(p) else "" for p in out["audio_path"]]
     out["speaker"] = ["unknown" if _blank(s) else str(s).strip() for s in out["speaker"]]
     out["text"] = ["" if _blank(t) else str(t).strip() for t in out["text"]]
     out["offset"] = [0.0 if _blank(o) else float(o) for o in out["offset"]]
@@ -446,9 +555,9 @@ def resolve_rows(rows: pd.DataFrame, root: str | Path) -> pd.DataFrame:
     return out[[*MANIFEST_COLUMNS, *extras]].reset_index(drop=True)
 
 
-def _cache_key(path: Path, offset: float, duration: float | None) -> str:
+def _cache_key(path: Path, offset: float, duration: float | None, limits: AudioLimits) -> str:
     size, mtime_ns = file_key(path)
-    return short_id(f"{path}|{size}|{mtime_ns}|{offset}|{duration}", 16)
+    return short_id(f"{path}|{size}|{mtime_ns}|{offset}|{duration}|{limits}", 16)
 
 
 def _segment_problem(path: Path, offset: float, duration: float | None) -> str | None:
@@ -492,13 +601,20 @@ def validate_and_normalise(rows: pd.DataFrame, root: str | Path, audio_dir: str 
         path = Path(row["audio_path"]) if not _blank(row["audio_path"]) else None
         if not row["text"]:
             reason = "missing transcript: the text column is empty"
+        elif _not_utf8(row["text"], row["audio_path"] if isinstance(row["audio_path"], str) else None):
+            reason = _not_utf8(row["text"], row["audio_path"] if isinstance(row["audio_path"], str) else None)
+        elif not has_words(row["text"]):
+            reason = f"transcript has no words (only punctuation or symbols): {row['text'][:40]!r}"
         elif path is None:
             reason = "missing audio_path"
-        elif not path.is_relative_to(root):
-            reason = (f"audio path {path} is outside the corpus root {root}; set `source.root` to a folder "
-                      "that holds all the audio")
+        elif not path.is_absolute():
+            reason = (f"audio path outside the corpus root: {path} leaves {root} through `..`; give an absolute "
+                      "path or set `source.root` to a folder that holds all the audio")
+        elif path.is_dir():
+            reason = f"audio path is a directory, not a file: {path}"
         elif not path.is_file():
-            reason = f"audio file not found: {path}"
+            reason = (f"audio file not found: {path}" +
+                      (f" (a symbolic link to the missing {os.readlink(path)})" if path.is_symlink() else ""))
         elif row["utterance_id"] in seen_ids:
             reason = f"duplicate utterance_id {row['utterance_id']!r}"
         elif row["offset"] < 0 or (row["duration"] is not None and row["duration"] <= 0):
@@ -506,26 +622,19 @@ def validate_and_normalise(rows: pd.DataFrame, root: str | Path, audio_dir: str 
         elif row["offset"] > 0 or row["duration"] is not None:
             reason = _segment_problem(path, row["offset"], row["duration"])
         if reason is None:
-            key = _cache_key(path, row["offset"], row["duration"])
+            # the limits are part of the key: a copy exists only for audio that passed these checks
+            key = _cache_key(path, row["offset"], row["duration"], limits)
             target = audio_dir / f"{key}.wav"
             try:
                 if target.is_file():
                     info = sf.info(str(target))
                     seconds = info.frames / info.samplerate
-                    peak = None
                 else:
                     audio = read_audio(path, TARGET_SAMPLE_RATE, row["offset"], row["duration"])
                     seconds = len(audio) / TARGET_SAMPLE_RATE
-                    peak = float(np.abs(audio).max())
-                if seconds < limits.min_seconds:
-                    reason = f"too short: {seconds:.2f} s < {limits.min_seconds} s"
-                elif seconds > limits.max_seconds:
-                    reason = (f"too long: {seconds:.1f} s > {limits.max_seconds} s; split the recording "
-                              "into segments (offset/duration columns) first")
-                elif peak is not None and peak < limits.min_peak:
-                    reason = f"silent audio (peak {peak:.1e})"
-                elif peak is not None:
-                    write_wav(target, audio)
+                    reason = limits.check(audio, TARGET_SAMPLE_RATE, len(row["text"].split()))
+                    if reason is None:
+                        write_wav(target, audio)
             except AudioError as exc:
                 reason = str(exc)
         if reason is not None:

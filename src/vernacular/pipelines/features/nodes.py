@@ -8,6 +8,7 @@ import pandas as pd
 
 from vernacular.common.storage import StorageLayout
 from vernacular.data.features import FeatureSettings, extract_features
+from vernacular.data.ingestion import require_usable_rows
 from vernacular.models.loading import ModelSettings, load_processor, resolve_base_model
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,7 @@ def prepare_base_model(model: dict, storage: dict, vertical: str) -> dict:
 
 def build_features(manifest: pd.DataFrame, base_model: dict, features: dict, storage: dict, vertical: str) -> dict:
     """Model input features and label ids for the training splits; reused when inputs are unchanged."""
+    require_usable_rows(manifest, vertical)
     settings = FeatureSettings.from_dict(features)
     index = extract_features(manifest, load_processor(base_model), StorageLayout.for_vertical(vertical, storage)
                              .feature_cache_dir, splits=tuple(settings.splits), batch_size=settings.batch_size,
