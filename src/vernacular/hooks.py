@@ -11,6 +11,7 @@ and reports (ARTIFACT_OUTPUTS) as artefacts, after each is written.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
@@ -21,6 +22,8 @@ from typing import Any
 from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
 
+from vernacular.common.fileio import exclusive_lock
+from vernacular.common.storage import StorageLayout
 from vernacular.verticals import VERTICALS, check_parameters
 
 logger = logging.getLogger(__name__)
@@ -178,21 +181,56 @@ class OptionalMlflowHook:
 mlflow_hook = OptionalMlflowHook()
 
 
-class ParameterCheckHook:
-    """Validates the parameter block of every vertical a run touches before its first node runs.
+class RunGuardHook:
+    """Before the first node of a run: validates the parameter block of every vertical the run
+    touches, then takes each vertical's run lock until the run ends.
 
     A misspelled or mistyped key at any level (`radiology.trainig`, `radiology.source.pth`,
-    `radiology.training.epochs: "two"`) stops `kedro run` at once with the full key name, instead
-    of being ignored or failing an hour into training.
+    `radiology.training.epochs: "two"`) stops `kedro run` at once with the full key name instead of
+    being ignored or failing an hour into training. A second `kedro run` of the same vertical (same
+    storage name) stops at once instead of mixing its files with the first's.
     """
+
+    def __init__(self) -> None:
+        self._locks = contextlib.ExitStack()
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
         inputs = {i for n in pipeline.nodes for i in n.inputs}
         used = [v for v in VERTICALS if any(i.startswith(f"params:{v}.") for i in inputs)]
-        if used:
-            check_parameters(catalog.load("parameters"), used)
-            logger.info("parameters of %s checked", ", ".join(used))
+        if not used:
+            return
+        _refuse_runtime_paths(run_params.get("runtime_params") or {}, used)
+        checked = check_parameters(catalog.load("parameters"), used)
+        logger.info("parameters of %s checked", ", ".join(used))
+        self._locks.close()  # a previous run in this process that ended without its hooks
+        for vertical, settings in checked.items():
+            layout = StorageLayout.for_vertical(vertical, settings.storage)
+            self._locks.enter_context(exclusive_lock(layout.run_lock, f"`kedro run` of {vertical}"))
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        self._locks.close()
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self._locks.close()
 
 
-parameter_check_hook = ParameterCheckHook()
+run_guard_hook = RunGuardHook()
+
+# Where a run writes, and extra folders it reads and writes audio in: settable in conf/ only, never by
+# a caller of `kedro run --params` or of `kedro server`'s POST /run (docs/reliability.md).
+RUNTIME_FORBIDDEN = (("storage",), ("evaluation", "forgetting", "cache_dir"))
+
+
+def _refuse_runtime_paths(runtime_params: dict, verticals) -> None:
+    for vertical in verticals:
+        block = runtime_params.get(vertical) or {}
+        for path in RUNTIME_FORBIDDEN:
+            value = block
+            for key in path:
+                value = value.get(key) if isinstance(value, dict) else None
+            if value is not None:
+                raise ValueError(f"{vertical}.{'.'.join(path)} cannot be set at run time (--params or POST /run): "
+                                 f"storage paths come from conf/ only; set it in conf/local/parameters.yml")

@@ -8,10 +8,10 @@ https://docs.kedro.org/en/stable/configure/configuration_basics/#configuration""
 # Hooks are executed in a Last-In-First-Out (LIFO) order.
 # MLflow tracking (kedro-mlflow, the `mlflow` extra) only runs where the environment has an
 # mlflow.yml (`kedro run --env mlflow`); without it this hook does nothing (docs/operations.md).
-from vernacular.hooks import mlflow_hook, parameter_check_hook  # noqa: E402
+from vernacular.hooks import mlflow_hook, run_guard_hook  # noqa: E402
 
-# parameter_check_hook: every vertical's parameters are validated before the first node runs.
-HOOKS = (parameter_check_hook, mlflow_hook)
+# run_guard_hook: every vertical's parameters are validated, and its run lock taken, before the first node.
+HOOKS = (run_guard_hook, mlflow_hook)
 
 # Installed plugins for which to disable hook auto-registration.
 # kedro-mlflow would otherwise track every run into ./mlruns once installed; the hook above

@@ -53,3 +53,48 @@ def test_text_is_replaced_whole(tmp_path):
     write_text_atomically(path, "a")
     write_text_atomically(path, "b")
     assert path.read_text() == "b" and [p.name for p in tmp_path.iterdir()] == ["s.json"]
+
+
+FULL_DISK_CHILD = r"""
+import resource, signal, sys
+import numpy as np, torch
+from vernacular.common.fileio import write_directory_atomically
+from vernacular.data.audio import write_wav
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over the limit, writes fail with EFBIG instead of a signal
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+target = sys.argv[1]
+for name, write in [("wav", lambda: write_wav(target + "/big.wav", np.zeros(16000 * 20, np.float32))),
+                    ("torch", lambda: write_directory_atomically(
+                        __import__("pathlib").Path(target) / "ckpt",
+                        lambda tmp: torch.save({"w": torch.zeros(200_000)}, tmp / "state.pt")))]:
+    try:
+        write()
+        print(name, "WROTE")
+    except OSError as exc:
+        print(name, exc)
+"""
+
+
+def test_a_full_disk_names_the_path_and_the_cause(tmp_path):
+    """A file-size limit (RLIMIT_FSIZE) stands in for a full disk: both fail writes with the same errnos."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", FULL_DISK_CHILD, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    assert set(lines) == {"wav", "torch"}, done.stderr
+    assert str(tmp_path / "big.wav") in lines["wav"] and "file-size limit" in lines["wav"]
+    assert str(tmp_path / "ckpt") in lines["torch"] and "file-size limit" in lines["torch"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no half-written file or folder left behind
+
+
+def test_a_held_lock_stops_a_second_holder(tmp_path):
+    from vernacular.common.fileio import LockedError, exclusive_lock
+
+    with exclusive_lock(tmp_path / "v.lock", "run of v"):
+        with pytest.raises(LockedError, match="another run of v holds"):
+            with exclusive_lock(tmp_path / "v.lock", "run of v"):
+                pass
+    with exclusive_lock(tmp_path / "v.lock", "x"):  # free again
+        pass

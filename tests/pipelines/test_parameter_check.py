@@ -75,3 +75,33 @@ def test_kedro_run_stops_before_ingestion_on_a_misspelled_key(tmp_path):
     assert "radiology.training.epochz" in result.stdout + result.stderr
     assert not (project / "data").exists() or not any((project / "data").rglob("*.wav")), "ingestion ran"
     assert "load_source" not in result.stdout + result.stderr.split("radiology.training.epochz")[0]
+
+
+def _run(project, runtime_params=None):
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, runtime_params=runtime_params) as session:
+        session.run(pipeline_name="radiology.ingestion")
+
+
+def test_a_second_run_of_a_vertical_stops_at_once(tmp_path, monkeypatch):
+    from vernacular.common.fileio import LockedError, exclusive_lock
+    from vernacular.common.storage import StorageLayout
+
+    project = scratch_project(tmp_path / "project")
+    monkeypatch.chdir(project)
+    lock = project / StorageLayout.for_vertical("radiology").run_lock
+    with exclusive_lock(lock, "the first run"):  # as a first `kedro run` holds it
+        with pytest.raises(LockedError, match=r"another `kedro run` of radiology holds .*radiology.lock"):
+            _run(project)
+    assert not (project / "data" / "01_raw").exists(), "the second run started ingestion"
+
+
+def test_storage_paths_cannot_be_set_at_run_time(tmp_path, monkeypatch):
+    project = scratch_project(tmp_path / "project")
+    monkeypatch.chdir(project)
+    with pytest.raises(ValueError, match=r"radiology.storage cannot be set at run time"):
+        _run(project, {"radiology": {"storage": {"root": str(tmp_path / "elsewhere")}}})
+    assert not (tmp_path / "elsewhere").exists()

@@ -119,6 +119,28 @@ def test_bad_settings_are_rejected():
         BatchSettings.from_dict({"chunk_seconds": 45})
 
 
+
+def test_a_dangling_link_a_folder_and_a_missing_file_are_error_records_not_a_failed_run(tmp_path, tiny_whisper,
+                                                                                      models_dir, speech_clips):
+    adapter = str(models_dir / "radiology" / "adapter" / VERSION_NEW / "adapter")
+    batch = settings()
+    inbox, results = tmp_path / "inbox", tmp_path / "results"
+    fill_inbox(inbox, speech_clips, ["a.wav"])
+    (inbox / "link.wav").symlink_to(inbox / "gone.wav")
+    (inbox / "folder.wav").mkdir()
+    files = {p.name: str(p) for p in inbox.iterdir()} | {"vanished.wav": str(inbox / "vanished.wav")}
+    first = run_inbox(files, results, loader(tiny_whisper, adapter, batch, []), batch, vertical="radiology")
+    assert first["transcribed"] == 1 and first["failed"] == 3
+    errors = {e["file"]: e["error"] for e in first["errors"]}
+    assert "dangling symbolic link" in errors["link.wav"] and "is a directory" in errors["folder.wav"]
+    assert "file not found" in errors["vanished.wav"]
+    again = run_inbox(files, results, loader(tiny_whisper, adapter, batch, []), batch, vertical="radiology")
+    assert again["new_files"] == 0  # each error is recorded once
+    write_wav(inbox / "vanished.wav", speech_clips[1][1])  # the file arrives: it is taken now
+    third = run_inbox(files, results, loader(tiny_whisper, adapter, batch, []), batch, vertical="radiology")
+    assert third["new_files"] == 1 and third["transcribed"] == 1
+
+
 # --- incremental runs --------------------------------------------------------------------------
 
 def test_rerun_transcribes_only_new_or_changed_files_and_reports_bad_ones(tmp_path, tiny_whisper, models_dir,
@@ -289,6 +311,12 @@ def test_cli_pinned_adapter_and_missing_adapter(tmp_path, models_dir, speech_cli
                  "--device", "cpu", str(tmp_path / "one.wav")]) == 0
     (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert record["adapter_version"] == VERSION_OLD and record["status"] == "ok"
+
+    # a missing path is an error record, after the good file, and the exit status says so
+    assert main(["--vertical", "radiology", "--adapter", str(pinned), "--device", "cpu", str(tmp_path / "gone.wav"),
+                 str(tmp_path / "one.wav")]) == 1
+    records = {Path(r["file"]).name: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert records["one.wav"]["status"] == "ok" and "file not found" in records["gone.wav"]["error"]
 
     assert main(["--vertical", "finance", str(tmp_path / "one.wav")]) == 2
     assert "run `kedro run --pipeline=finance` first" in capsys.readouterr().err

@@ -7,6 +7,9 @@ that renames into place (`os.replace`), hashes file contents and reads a file's 
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import os
 import shutil
@@ -15,6 +18,46 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 CHUNK = 1 << 20
+_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+class LockedError(RuntimeError):
+    """Another process holds the lock."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, what: str):
+    """Hold an exclusive lock on the file `path` (created if needed) for the `with` block, or raise
+    LockedError at once: "another <what> holds <path>" (the kernel frees a lock when its holder dies)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:  # "a": opening leaves the file untouched
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockedError(f"another {what} holds {path}; try again when it ends") from None
+        yield
+
+
+def _write_failure(target: Path, exc: BaseException) -> OSError | None:
+    """A clear OSError when `exc` (from any writer: soundfile, torch, plain files) came from a full disk
+    or a file-size limit; None when it did not."""
+    code = getattr(exc, "errno", None)
+    if code not in _FULL:
+        try:  # writers that hide the errno: probe the folder with a small write of our own
+            with tempfile.TemporaryFile(dir=target.parent) as probe:
+                probe.write(b"\0" * CHUNK)
+                probe.flush()
+                os.fsync(probe.fileno())
+            return None
+        except OSError as probe_exc:
+            if probe_exc.errno not in _FULL:
+                return None
+            code = probe_exc.errno
+    free = shutil.disk_usage(target.parent).free
+    return OSError(code, f"{target}: cannot write: {os.strerror(code)} (disk full or file-size limit; "
+                         f"{free / 2**30:.2f} GiB free on that file system); free space, or point storage.root "
+                         f"in conf/ at a larger disk, and run again ({type(exc).__name__}: {exc})")
 
 
 def write_directory_atomically(final: Path, write: Callable[[Path], None]) -> Path:
@@ -27,8 +70,10 @@ def write_directory_atomically(final: Path, write: Callable[[Path], None]) -> Pa
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, Exception) and (clear := _write_failure(final, exc)):
+            raise clear from exc
         raise
     return final
 
@@ -61,6 +106,11 @@ def write_new_directory(final: str | os.PathLike, write: Callable[[Path], None])
         if final.exists():
             raise FileExistsError(f"{final} appeared while it was being written; nothing was saved")
         os.rename(tmp, final)
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if clear := _write_failure(final, exc):
+            raise clear from exc
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
@@ -75,8 +125,10 @@ def write_file_atomically(final: str | os.PathLike, write: Callable[[Path], None
     try:
         write(Path(tmp))
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, Exception) and (clear := _write_failure(final, exc)):
+            raise clear from exc
         raise
     return final
 

@@ -43,6 +43,11 @@ class StorageLayout:
         return self.root / layer / self.name
 
     @property
+    def run_lock(self) -> Path:
+        """Held by a `kedro run` of the vertical for its whole run, so two runs never share files."""
+        return self.root / ".locks" / f"{self.name}.lock"
+
+    @property
     def synthetic_dir(self) -> Path:
         return self._layer("01_raw") / "synthetic"
 

@@ -10,8 +10,6 @@ it was working on.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import dataclasses
 import datetime as dt
 import json
@@ -26,7 +24,7 @@ import numpy as np
 import soundfile as sf
 
 from vernacular.common.config import build_settings
-from vernacular.common.fileio import file_key, write_text_atomically
+from vernacular.common.fileio import exclusive_lock, file_key, write_text_atomically
 from vernacular.common.storage import version_of
 from vernacular.common.text import word_key
 from vernacular.data.audio import TARGET_SAMPLE_RATE, AudioError, read_audio
@@ -230,9 +228,18 @@ def pending_files(files: dict[str, str], results_dir: str | os.PathLike) -> dict
     for file_id, path in sorted(files.items()):
         if any(part.startswith(".") for part in Path(file_id).parts):
             continue
-        if (file_id, *file_key(path)) not in done:
+        if (file_id, *_ledger_key(path)) not in done:
             pending[file_id] = path
     return pending
+
+
+def _ledger_key(path: str) -> tuple[int, int]:
+    """The file key the ledger records; (-1, -1) for a path that cannot be read (missing, a dangling
+    link): its error is recorded once, and the file is taken again when it appears."""
+    try:
+        return file_key(path)
+    except OSError:
+        return -1, -1
 
 
 def _append_lines(path: Path, records: list[dict]) -> None:
@@ -242,17 +249,6 @@ def _append_lines(path: Path, records: list[dict]) -> None:
         handle.write(payload)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-@contextlib.contextmanager
-def _run_lock(results_dir: Path):
-    results_dir.mkdir(parents=True, exist_ok=True)
-    with open(results_dir / LOCK_FILE, "a") as handle:  # "a": opening leaves the file untouched
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(f"{results_dir}: another transcription run holds the lock; try again when it ends")
-        yield
 
 
 # --- transcription of files --------------------------------------------------------------------
@@ -283,7 +279,7 @@ def transcribe_batch(transcriber: Transcriber, items: list[tuple[str, str]], run
     """One result record per (id, path); a file that cannot be decoded gets status "error" and a reason."""
     records, audios, readable = [], [], []
     for file_id, path in items:
-        size, mtime_ns = file_key(path)
+        size, mtime_ns = _ledger_key(path)
         record = {"file": file_id, "path": str(Path(path).resolve()), "size_bytes": size, "mtime_ns": mtime_ns,
                   "text": None, "duration_s": None, "chunks": 0, "base_model": transcriber.base_model,
                   "adapter_version": transcriber.adapter_version, "adapter_path": transcriber.adapter_path,
@@ -329,7 +325,7 @@ def run_inbox(files: dict[str, str], results_dir: str | os.PathLike, load: Calla
     transcribes batch N+1 and raises RunInterrupted before writing it (a kill mid-batch), for tests.
     """
     results_dir = Path(results_dir)
-    with _run_lock(results_dir):
+    with exclusive_lock(Path(results_dir) / LOCK_FILE, "transcription run"):
         pending = pending_files(files, results_dir)
         hidden = sum(any(part.startswith(".") for part in Path(f).parts) for f in files)
         skipped = len(files) - len(pending) - hidden
