@@ -98,3 +98,18 @@ def test_a_held_lock_stops_a_second_holder(tmp_path):
                 pass
     with exclusive_lock(tmp_path / "v.lock", "x"):  # free again
         pass
+
+
+def test_a_dead_writers_temporaries_are_removed_by_the_next_write(tmp_path):
+    import subprocess
+    import sys
+
+    child = ("import os, sys\nfrom pathlib import Path\nfrom vernacular.common.fileio import write_directory_atomically"
+             "\nwrite_directory_atomically(Path(sys.argv[1]), lambda tmp: os._exit(9))")  # dies mid-write
+    assert subprocess.run([sys.executable, "-c", child, str(tmp_path / "entry")]).returncode == 9
+    (left,) = [p for p in tmp_path.iterdir()]
+    assert left.name.startswith(".entry.tmp-")
+    live = tmp_path / f".entry.tmp-{os.getpid()}-x"  # a writer that is still running keeps its temporary
+    live.mkdir()
+    write_directory_atomically(tmp_path / "entry", lambda tmp: (tmp / "f").write_text("ok"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "entry"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import hashlib
 import os
 import shutil
@@ -60,11 +61,39 @@ def _write_failure(target: Path, exc: BaseException) -> OSError | None:
                          f"in conf/ at a larger disk, and run again ({type(exc).__name__}: {exc})")
 
 
+def _temp_prefix(final: Path) -> str:
+    """Temporary names carry the writer's pid, so a later writer can tell abandoned ones (`_clean_abandoned`)."""
+    return f".{final.name}.tmp-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _clean_abandoned(final: Path) -> None:
+    """Remove temporaries of `final` left by writers that died (killed mid-write): nothing else reads them."""
+    stem = f".{final.name}.tmp-"
+    for path in final.parent.glob(glob.escape(stem) + "*"):
+        pid = path.name[len(stem):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
 def write_directory_atomically(final: Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp_folder)`, then replace `final` with it (a folder beside it, same file system)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+    _clean_abandoned(final)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=_temp_prefix(final)))
     try:
         write(tmp)
         if final.exists():
@@ -99,7 +128,8 @@ def write_new_directory(final: str | os.PathLike, write: Callable[[Path], None])
         raise FileExistsError(f"{final} already exists and Vernacular never overwrites results: choose a new folder "
                               "or remove the old one yourself")
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+    _clean_abandoned(final)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=_temp_prefix(final)))
     try:
         write(tmp)
         apply_umask(tmp)
@@ -120,7 +150,8 @@ def write_file_atomically(final: str | os.PathLike, write: Callable[[Path], None
     """Call `write(tmp_path)` for a temporary file beside `final`, then rename it over `final`."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+    _clean_abandoned(final)
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=_temp_prefix(final))
     os.close(fd)
     try:
         write(Path(tmp))
