@@ -22,7 +22,7 @@ from typing import Any
 from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
 
-from vernacular.common.fileio import exclusive_lock
+from vernacular.common.fileio import check_writable, exclusive_lock
 from vernacular.common.storage import StorageLayout
 from vernacular.verticals import VERTICALS, check_parameters
 
@@ -207,6 +207,11 @@ class RunGuardHook:
         for vertical, settings in checked.items():
             layout = StorageLayout.for_vertical(vertical, settings.storage)
             self._locks.enter_context(exclusive_lock(layout.run_lock, f"`kedro run` of {vertical}"))
+        try:
+            check_outputs_writable(pipeline, catalog)
+        except OSError:
+            self._locks.close()
+            raise
 
     @hook_impl
     def after_pipeline_run(self) -> None:
@@ -218,6 +223,26 @@ class RunGuardHook:
 
 
 run_guard_hook = RunGuardHook()
+
+
+def check_outputs_writable(pipeline, catalog) -> None:
+    """Every local file output of the run can be written, checked before the first node: a run never
+    saves some outputs of a node (a manifest) and then fails on the next (its quarantine report)."""
+    checked: set[Path] = set()
+    for name in sorted(pipeline.all_outputs()):
+        dataset = catalog.get(name)
+        filepath = getattr(dataset, "_filepath", None)
+        if filepath is None or (getattr(dataset, "_protocol", None) or "file") != "file":
+            continue  # in memory, or remote storage (checked by its own client)
+        folder = Path(str(filepath))
+        if folder in checked:
+            continue
+        checked.add(folder)
+        try:
+            check_writable(folder)
+        except OSError as exc:
+            raise OSError(exc.errno, f"output {name} cannot be saved: {exc.strerror}; fix the folder's "
+                                     "permissions or its mount (or point the catalog entry elsewhere) and run again")
 
 # Where a run writes, and extra folders it reads and writes audio in: settable in conf/ only, never by
 # a caller of `kedro run --params` or of `kedro server`'s POST /run (docs/reliability.md).

@@ -105,3 +105,18 @@ def test_storage_paths_cannot_be_set_at_run_time(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"radiology.storage cannot be set at run time"):
         _run(project, {"radiology": {"storage": {"root": str(tmp_path / "elsewhere")}}})
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_an_output_that_cannot_be_written_stops_the_run_before_its_first_node(tmp_path, monkeypatch):
+    project = scratch_project(tmp_path / "project")
+    monkeypatch.chdir(project)
+    (project / "data" / "08_reporting").mkdir(parents=True)
+    (project / "data" / "08_reporting" / "radiology").write_text("a file where the reports folder goes")
+    with pytest.raises(OSError, match=r"output radiology\.\w+ cannot be saved: .*08_reporting/radiology is a file"):
+        _run(project)
+    assert not (project / "data" / "01_raw").exists() and not (project / "data" / "03_primary").exists()
+    from vernacular.common.fileio import exclusive_lock
+    from vernacular.common.storage import StorageLayout
+
+    with exclusive_lock(project / StorageLayout.for_vertical("radiology").run_lock, "check"):
+        pass  # the failed run gave its lock back

@@ -40,6 +40,22 @@ def exclusive_lock(path: str | os.PathLike, what: str):
         yield
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """OSError naming `path` unless a file or folder could be created there: the nearest existing
+    folder on the way is probed with a real write (permissions, read-only mounts, a file in the way)."""
+    target = Path(path)
+    folder = target
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OSError(errno.ENOTDIR, f"{target}: cannot be created: {folder} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise OSError(exc.errno, f"{target}: cannot write in {folder}: {exc.strerror}") from exc
+
+
 def _write_failure(target: Path, exc: BaseException) -> OSError | None:
     """A clear OSError when `exc` (from any writer: soundfile, torch, plain files) came from a full disk
     or a file-size limit; None when it did not."""
