@@ -40,3 +40,12 @@ def test_cuda_request_without_cuda_is_a_clear_error():
     with pytest.raises(ValueError, match="no CUDA device"):
         pick_device("cuda")
     assert pick_device("auto").type == "cpu"
+
+
+def test_a_missing_local_base_model_folder_is_named_as_missing_not_as_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import pytest
+
+    with pytest.raises(FileNotFoundError, match="no such folder") as info:
+        resolve_base_model(str(tmp_path / "my-model"), tmp_path / "cache")
+    assert "HF_HUB_OFFLINE" not in str(info.value)
