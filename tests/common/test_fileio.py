@@ -113,3 +113,14 @@ def test_a_dead_writers_temporaries_are_removed_by_the_next_write(tmp_path):
     live.mkdir()
     write_directory_atomically(tmp_path / "entry", lambda tmp: (tmp / "f").write_text("ok"))
     assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "entry"]
+
+
+def test_check_writable_accepts_existing_files_and_new_paths_and_names_a_file_in_the_way(tmp_path):
+    from vernacular.common.fileio import check_writable
+
+    (tmp_path / "existing.csv").write_text("x")
+    check_writable(tmp_path / "existing.csv")  # an unversioned output that a rerun replaces
+    check_writable(tmp_path / "new" / "deeper" / "out.json")
+    (tmp_path / "blocker").write_text("x")
+    with pytest.raises(OSError, match="blocker is a file, not a folder"):
+        check_writable(tmp_path / "blocker" / "out.json")

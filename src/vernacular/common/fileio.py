@@ -44,7 +44,8 @@ def check_writable(path: str | os.PathLike) -> None:
     """OSError naming `path` unless a file or folder could be created there: the nearest existing
     folder on the way is probed with a real write (permissions, read-only mounts, a file in the way)."""
     target = Path(path)
-    folder = target
+    # an existing file is replaced by a write beside it; a missing path by creating folders on the way
+    folder = target.parent if target.exists() and not target.is_dir() else target
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir():
