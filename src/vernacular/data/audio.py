@@ -19,6 +19,9 @@ class AudioError(ValueError):
     """An audio file that cannot be used, with the reason in the message."""
 
 
+# File name endings counted as audio (corpus folders, card hashes).
+AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".sph", ".aac", ".webm"})
+
 def read_audio(path: str | os.PathLike, target_sample_rate: int = TARGET_SAMPLE_RATE,
                offset: float = 0.0, duration: float | None = None) -> np.ndarray:
     """Decode `path` to float32 mono at `target_sample_rate`.

