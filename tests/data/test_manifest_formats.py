@@ -287,6 +287,55 @@ def test_audiofolder_without_transcript_column_is_a_manifest_error(tmp_path):
         read_manifest(tmp_path)
 
 
+# --- sidecar: audio files with a .txt transcript beside each ------------------------------------------
+
+
+@pytest.fixture
+def sidecar(tmp_path) -> Path:
+    root = tmp_path / "side"
+    write(root / "a.wav", tone(1.0, 48000), 48000)
+    (root / "a.txt").write_text("first clip\n")
+    write(root / "b.flac", tone(1.0), 16000, format="FLAC")
+    (root / "b.txt").write_text("   \n")
+    write(root / "c.ogg", tone(1.0, 32000), 32000, format="OGG")  # no transcript
+    (root / "orphan.txt").write_text("no audio for me")
+    (root / "README.md").write_text("not a transcript")
+    return root
+
+
+def test_sidecar_rows_and_reasons(sidecar):
+    assert detect_format(sidecar) == "sidecar"
+    rows, unreadable, clean, quarantine = ingest(sidecar, out=sidecar.parent / "clean")
+    assert len(rows) + len(unreadable) == 4  # three audio files and one orphan transcript, none dropped
+    assert rows["utterance_id"].tolist() == ["a", "b"] and rows["source_row"].tolist() == [1, 2]
+    reasons = dict(zip(unreadable["source_row"], unreadable["reason"]))
+    assert reasons == {3: "c.ogg: no transcript c.txt beside it",
+                       4: "orphan.txt: transcript without an audio file of the same name"}
+    assert clean["text"].tolist() == ["first clip"]
+    assert quarantine["reason"].iloc[0].startswith("missing transcript")
+
+
+def test_sidecar_glob_selects_files_and_a_bad_path_names_the_fix(sidecar, tmp_path):
+    rows, unreadable = read_manifest(sidecar / "a.*")
+    assert rows["utterance_id"].tolist() == ["a"] and unreadable.empty
+    assert detect_format(sidecar / "*.wav") == "sidecar" and default_root(sidecar / "*.wav") == sidecar
+    with pytest.raises(ManifestError, match="no audio files"):
+        read_manifest(sidecar / "*.mp4")
+    with pytest.raises(ManifestError, match="manifest not found"):
+        read_manifest(tmp_path / "nowhere" / "*.wav")
+
+
+FLEURS = SHARED / "data" / "fleurs-mini"
+
+
+@pytest.mark.skipif(not FLEURS.is_dir(), reason="shared fleurs-mini not found")
+def test_real_fleurs_english_clips_as_a_sidecar_source(tmp_path):
+    rows, unreadable, clean, quarantine = ingest(FLEURS / "fleurs-en-*.ogg", out=tmp_path / "clean")
+    assert len(clean) == 10 and unreadable.empty and quarantine.empty
+    assert clean["utterance_id"].str.startswith("fleurs-en-").all()
+    assert (clean["duration"] > 3).all()
+
+
 # --- CSV with metadata, detection, roots ------------------------------------------------------------
 
 

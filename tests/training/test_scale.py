@@ -111,7 +111,7 @@ def test_two_process_data_parallel_equals_one_process_with_accumulation(tiny_whi
     # one process, 2 micro-batches per step == 2 processes (gloo), 1 micro-batch each
     single, one = train_lora_adapter(tiny_whisper, features_index, settings(gradient_accumulation_steps=2),
                                      NO_DROPOUT, tmp_path / "one")
-    ddp, two = train_lora_adapter(tiny_whisper, features_index, settings(processes=2, num_threads=1), NO_DROPOUT,
+    ddp, two = train_lora_adapter(tiny_whisper, features_index, settings(processes_per_node=2, num_threads=1), NO_DROPOUT,
                                   tmp_path / "two")
     assert two["processes"] == 2 and one["processes"] == 1
     assert two["steps"] == one["steps"] == 4  # 3 utterances: micro-batches [2, 1] per epoch

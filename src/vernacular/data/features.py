@@ -33,7 +33,7 @@ class FeatureSettings:
         return build_settings(cls, values, "features")
 
 
-FEATURE_FORMAT_VERSION = 5  # 3: the family decides the layout; 4: reference texts; 5: shards
+FEATURE_FORMAT_VERSION = 6  # 3: the family decides the layout; 4: reference texts; 5: shards; 6: label prefix
 SHARD_UTTERANCES = 256  # a split is written in shards of this many utterances: memory stays flat
 
 
@@ -42,6 +42,8 @@ def manifest_fingerprint(manifest: pd.DataFrame, processor, params: dict) -> str
     digest = new_digest(f"v{FEATURE_FORMAT_VERSION}")
     digest.update(json.dumps(processor.feature_extractor.to_dict(), sort_keys=True, default=str).encode())
     digest.update(str(len(processor.tokenizer)).encode())
+    # the tokenizer's own prefix (Whisper: start, language, task tokens) is part of every label
+    digest.update(json.dumps(list(processor.tokenizer(" a").input_ids)).encode())
     digest.update(json.dumps(params, sort_keys=True, default=str).encode())
     for row in manifest.sort_values("utterance_id").to_dict("records"):
         size, mtime_ns = file_key(row["audio_path"])

@@ -38,13 +38,17 @@ import soundfile as sf
 
 from vernacular.common.fileio import file_key, sha256_text, short_id
 from vernacular.common.text import sentence_key
-from vernacular.data.audio import TARGET_SAMPLE_RATE, AudioError, read_audio, write_wav
+from vernacular.data.audio import AUDIO_EXTENSIONS, TARGET_SAMPLE_RATE, AudioError, read_audio, write_wav
 
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ["utterance_id", "audio_path", "text", "speaker", "offset", "duration", "source_row"]
 SPLITS = ("train", "validation", "test")
-FORMATS = ("csv", "tsv", "jsonl", "nemo", "kaldi", "audiofolder")
+FORMATS = ("csv", "tsv", "jsonl", "nemo", "kaldi", "audiofolder", "sidecar")
+# `sidecar`: audio files each with a same-named .txt transcript beside it (LibriSpeech-style, FLEURS
+# exports); the path is the folder or a glob of the audio files (`corpus/fleurs-en-*.ogg`).
+SIDECAR_SUFFIX = ".txt"
+_GLOB_CHARS = frozenset("*?[")
 FORMAT_HINT = f"set `source.format` to one of {', '.join(FORMATS)}"
 # Columns the pipeline adds itself; a source column of the same name is kept as `orig_<name>`.
 RESERVED_COLUMNS = frozenset({*MANIFEST_COLUMNS, "source_audio_path", "reason", "split", "parse_error",
@@ -145,17 +149,23 @@ def _csv_header(path: Path) -> list[str]:
 def detect_format(path: str | Path) -> str:
     """Tell the source format of `path` (a manifest file or a corpus directory); ManifestError if unknown.
 
-    A directory with `wav.scp` is `kaldi`, one with `metadata.csv`/`metadata.jsonl` is `audiofolder`;
-    a JSON-lines file whose first object has `audio_filepath` is `nemo`; otherwise the extension decides.
+    A directory with `wav.scp` is `kaldi`, one with `metadata.csv`/`metadata.jsonl` is `audiofolder`,
+    one with audio files and .txt transcripts beside them (or a glob pattern) is `sidecar`; a JSON-lines
+    file whose first object has `audio_filepath` is `nemo`; otherwise the extension decides.
     """
     path = Path(path)
+    if is_glob(path):
+        return "sidecar"
     if path.is_dir():
         if (path / "wav.scp").is_file():
             return "kaldi"
         if any((path / name).is_file() for name in AUDIOFOLDER_METADATA):
             return "audiofolder"
-        raise ManifestError(f"{path}: a directory without `wav.scp` (Kaldi) or `metadata.csv` (audiofolder); "
-                            f"point `source.path` at a manifest file or {FORMAT_HINT}")
+        if any(p.suffix.lower() in AUDIO_EXTENSIONS and p.with_suffix(SIDECAR_SUFFIX).is_file() for p in path.iterdir()):
+            return "sidecar"
+        raise ManifestError(f"{path}: a directory without `wav.scp` (Kaldi), `metadata.csv` (audiofolder) or "
+                            f"audio files with .txt transcripts beside them (sidecar); point `source.path` at a "
+                            f"manifest file or {FORMAT_HINT}")
     suffix = path.suffix.lower()
     if suffix in (".json", ".jsonl"):
         first = _first_json_object(path)
@@ -181,6 +191,10 @@ def default_root(path: str | Path) -> Path:
     """
     path = Path(path)
     return path if path.is_dir() else path.parent
+
+
+def is_glob(path: str | Path) -> bool:
+    return bool(_GLOB_CHARS & set(Path(path).name))
 
 
 def _read_text(path: Path) -> str:
@@ -342,6 +356,34 @@ def _audiofolder_manifest(folder: Path) -> tuple[list[dict], list[dict], Path]:
     return _rename(records, mapping), bad, metadata
 
 
+def _sidecar_manifest(path: Path) -> tuple[list[dict], list[dict]]:
+    """One row per audio file with its `.txt` transcript; an audio file without one, or a
+    transcript without audio, is an unreadable entry (numbered in sorted file order)."""
+    folder, pattern = (path.parent, path.name) if is_glob(path) else (path, "*")
+    audio = sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+    if not audio:
+        raise ManifestError(f"{path}: no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) match; point "
+                            "`source.path` at the folder or a glob such as corpus/*.flac")
+    stems = {p.with_suffix("") for p in audio}
+    orphans = [] if is_glob(path) else sorted(
+        p for p in folder.glob(f"*{SIDECAR_SUFFIX}") if p.with_suffix("") not in stems)
+    records, bad = [], []
+    for row, file in enumerate(audio, start=1):
+        transcript = file.with_suffix(SIDECAR_SUFFIX)
+        if not transcript.is_file():
+            bad.append({"source_row": row, "reason": f"{file.name}: no transcript {transcript.name} beside it"})
+            continue
+        text = _read_text(transcript).strip()
+        problem = _not_utf8(text)
+        if problem:
+            bad.append({"source_row": row, "reason": f"{transcript.name}: {problem}"})
+            continue
+        records.append({"utterance_id": file.stem, "audio_path": file.name, "text": text, "source_row": row})
+    bad += [{"source_row": len(audio) + n, "reason": f"{t.name}: transcript without an audio file of the same name"}
+            for n, t in enumerate(orphans, start=1)]
+    return records, bad
+
+
 _ARCHIVE_OFFSET = re.compile(r":\d+(\[[^\]]*\])?$")
 
 
@@ -467,7 +509,7 @@ def read_manifest(path: str | Path, fmt: str = "auto") -> tuple[pd.DataFrame, pd
     in the second frame (`source_row`, `reason`; the reason names file:line where there are several files).
     """
     path = Path(path)
-    if not path.exists():
+    if not (path.parent.is_dir() if is_glob(path) else path.exists()):
         raise ManifestError(f"{path}: manifest not found; set `source.path` in conf/ to an existing file "
                             "or corpus directory")
     if fmt == "auto":
@@ -476,9 +518,12 @@ def read_manifest(path: str | Path, fmt: str = "auto") -> tuple[pd.DataFrame, pd
         raise ManifestError(f"{path}: unknown manifest format {fmt!r}; {FORMAT_HINT}")
     if fmt in ("kaldi", "audiofolder") and path.is_file():
         path = path.parent  # `wav.scp` or `metadata.csv` given instead of its folder
-    elif fmt not in ("kaldi", "audiofolder") and path.is_dir():
+    elif fmt not in ("kaldi", "audiofolder", "sidecar") and path.is_dir():
         raise ManifestError(f"{path}: is a directory; a {fmt} manifest is a file ({FORMAT_HINT})")
-    if fmt == "kaldi":
+    if fmt == "sidecar":
+        records, bad = _sidecar_manifest(path)
+        where = path.name
+    elif fmt == "kaldi":
         records, bad = _kaldi_manifest(path)
         where = "wav.scp"
     elif fmt == "audiofolder":

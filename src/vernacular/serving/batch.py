@@ -29,7 +29,8 @@ from vernacular.common.storage import version_of
 from vernacular.common.text import word_key
 from vernacular.data.audio import TARGET_SAMPLE_RATE, AudioError, read_audio
 from vernacular.models.families import DecodeSettings
-from vernacular.models.loading import device_name, load_adapter, load_model, pick_device
+from vernacular.models.loading import (adapter_speech_task, device_name, load_adapter, load_model, pick_device,
+                                      speech_task, with_speech_task)
 from vernacular.serving.decoding import transcribe
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,9 @@ class BatchSettings:
     overlap_seconds: float = 2.0
     silence_ratio: float = 0.1
     merge: bool = True
+    # "" decodes in the language the adapter was trained for; a code (de, cy) or auto (detect per
+    # file, multilingual models only) overrides it.
+    language: str = ""
     decoding: DecodeSettings = field(default_factory=DecodeSettings)  # its batch_size is ignored: see above
     progress: bool = False
 
@@ -169,6 +173,7 @@ class Transcriber:
     adapter_path: str | None
     adapter_version: str | None
     device_name: str
+    language: str = "en"
 
     def transcribe_audio(self, audios: list[np.ndarray]) -> list[tuple[str, int]]:
         """(text, number of chunks) per recording; long recordings are chunked and joined."""
@@ -189,12 +194,15 @@ class Transcriber:
 def load_transcriber(base_model: dict, adapter_dir: str | None, settings: BatchSettings) -> Transcriber:
     """Base model with the adapter merged into its weights (no LoRA overhead at inference)."""
     device = pick_device(settings.device)
+    trained_for = adapter_speech_task(adapter_dir) if adapter_dir else {}
+    base_model = with_speech_task(base_model, settings.language or trained_for.get("language"), trained_for.get("task"))
     if adapter_dir:
         model, processor = load_adapter(base_model, adapter_dir, device, merge=settings.merge)
     else:
         model, processor, _ = load_model(base_model, device=device)
     return Transcriber(model, processor, device, settings, base_model["name_or_path"],
-                       str(adapter_dir) if adapter_dir else None, version_of(adapter_dir), device_name(device))
+                       str(adapter_dir) if adapter_dir else None, version_of(adapter_dir), device_name(device),
+                       speech_task(base_model)[0])
 
 
 # --- results ledger ----------------------------------------------------------------------------
@@ -282,7 +290,7 @@ def transcribe_batch(transcriber: Transcriber, items: list[tuple[str, str]], run
         size, mtime_ns = _ledger_key(path)
         record = {"file": file_id, "path": str(Path(path).resolve()), "size_bytes": size, "mtime_ns": mtime_ns,
                   "text": None, "duration_s": None, "chunks": 0, "base_model": transcriber.base_model,
-                  "adapter_version": transcriber.adapter_version, "adapter_path": transcriber.adapter_path,
+                  "language": transcriber.language, "adapter_version": transcriber.adapter_version, "adapter_path": transcriber.adapter_path,
                   "device": transcriber.device_name, "seconds": None, "real_time_factor": None,
                   "status": "ok", "error": None, "run_id": run_id}
         try:
@@ -368,7 +376,7 @@ def summarise(records: list[dict], *, run_id: str, vertical: str, transcriber: T
             "wall_seconds": wall_seconds, "real_time_factor": decode / audio if audio else None,
             "longest_file_s": max((r["duration_s"] for r in ok), default=0.0),
             "chunks": sum(r["chunks"] for r in ok), "base_model": transcriber.base_model,
-            "adapter_path": transcriber.adapter_path, "adapter_version": transcriber.adapter_version,
+            "language": transcriber.language, "adapter_path": transcriber.adapter_path, "adapter_version": transcriber.adapter_version,
             "merged": transcriber.settings.merge, "device": transcriber.device_name,
             "batch_size": transcriber.settings.batch_size, "results_file": results_file}
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from vernacular.catalog_datasets import ProjectCatalog
 from vernacular.models.export import QUANTIZATIONS, ExportError, export_adapter
-from vernacular.models.loading import AdapterNotFoundError, base_model_of_adapter, check_adapter_dir, resolve_base_model
+from vernacular.models.loading import (AdapterNotFoundError, adapter_speech_task, base_model_of_adapter,
+                                      check_adapter_dir, resolve_base_model, with_speech_task)
 from vernacular.serving.batch import BatchSettings, load_transcriber, transcribe_files
 
 
@@ -30,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--env", help="Kedro configuration environment whose catalog to read (default: local)")
     parser.add_argument("--base-model", help="base model: a local transformers directory, a hub id or "
                                              "embedded:whisper-tiny.en (default: the one the adapter was trained on)")
+    parser.add_argument("--language", help="language code of the audio (de, cy, ...) or auto to detect it per "
+                                           "file (default: the language the adapter was trained for)")
     parser.add_argument("--batch-size", type=int, default=BatchSettings.batch_size)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     parser.add_argument("--no-merge", action="store_true", help="keep the adapter unmerged (slower)")
@@ -38,12 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_base(base: str | None, adapter_dir: str, vertical: str | None, project: "Project",
                  option: str) -> dict:
-    """`base` (resolved), else the base named in the adapter's config, else the vertical's catalog record."""
+    """`base` (resolved), else the base named in the adapter's config, else the vertical's catalog
+    record; with the language and task the adapter was trained for."""
+    task = adapter_speech_task(adapter_dir)
     if base:
-        return resolve_base_model(base, project.catalog().storage(vertical or "").base_model_cache_dir)
+        return resolve_base_model(base, project.catalog().storage(vertical or "").base_model_cache_dir, **task)
     recorded = base_model_of_adapter(adapter_dir) or (project.catalog().base_model(vertical) if vertical else None)
     if recorded:
-        return recorded
+        return with_speech_task(recorded, **task)
     raise AdapterNotFoundError(f"cannot tell which base model {adapter_dir} was trained on (its adapter_config.json "
                                f"names no existing local directory); pass {option}")
 
@@ -70,11 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         adapter = project.adapter(args.adapter, args.vertical)
         base = resolve_base(args.base_model, adapter, args.vertical, project, "--base-model")
-    except (AdapterNotFoundError, FileNotFoundError) as exc:
+    except (AdapterNotFoundError, FileNotFoundError, ValueError) as exc:
         print(f"vernacular transcribe: {exc}", file=sys.stderr)
         return 2
-    settings = BatchSettings(device=args.device, batch_size=args.batch_size, merge=not args.no_merge)
-    transcriber = load_transcriber(base, adapter, settings)
+    settings = BatchSettings(device=args.device, batch_size=args.batch_size, merge=not args.no_merge,
+                             language=args.language or "")
+    try:
+        transcriber = load_transcriber(base, adapter, settings)
+    except ValueError as exc:  # a language the model cannot take
+        print(f"vernacular transcribe: {exc}", file=sys.stderr)
+        return 2
     failed = 0
     for record in transcribe_files(args.files, transcriber):
         failed += record["status"] != "ok"
@@ -113,10 +123,11 @@ def export_main(argv: list[str] | None = None) -> int:
             raise FileExistsError(f"{args.out} already exists; exports never overwrite: choose a new --out")
         base = resolve_base(args.base, adapter, args.vertical, project, "--base")
         record = export_adapter(base, adapter, args.out, ct2=args.ct2, quantization=args.quantization)
-    except (AdapterNotFoundError, ExportError, FileExistsError, ImportError, OSError) as exc:
+    except (AdapterNotFoundError, ExportError, FileExistsError, ImportError, OSError, ValueError) as exc:
         print(f"vernacular export: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(record, indent=2))
     if args.ct2:
-        print(f"serve it: faster_whisper.WhisperModel({record['paths']['ct2']!r})", file=sys.stderr)
+        print(f"serve it: faster_whisper.WhisperModel({record['paths']['ct2']!r}).transcribe(audio, "
+              f"language={record['language']!r}, task={record['task']!r})", file=sys.stderr)
     return 0

@@ -28,7 +28,8 @@ def launch_distributed(base_model: dict, features_index: dict, settings: TrainSe
                        checkpoint_root: str | Path, stop_after_steps: int | None = None,
                        augmentation: AugmentSettings | None = None, decoding: DecodeSettings | None = None,
                        normaliser: str = "whisper_english"):
-    """Run training in `settings.processes` processes with torchrun (DDP through Accelerate).
+    """Run training with torchrun (DDP through Accelerate): `settings.processes_per_node` ranks on this
+    machine, one of `settings.nodes` machines.
 
     Rank 0 saves the adapter and metrics to a work folder; this process loads them and returns
     (peft_model, metrics) like a single-process run. `settings.launcher_args` are passed to torchrun
@@ -42,7 +43,8 @@ def launch_distributed(base_model: dict, features_index: dict, settings: TrainSe
                 "decoding": asdict(decoding) if decoding else None, "normaliser": normaliser,
                 "out_dir": str(work / "out")}
         (work / "spec.json").write_text(json.dumps(spec, default=str))
-        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={settings.processes}",
+        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={settings.processes_per_node}",
+                   f"--nnodes={settings.nodes}",
                    *settings.launcher_args]
         if not any(a.startswith(("--master_port", "--rdzv")) for a in settings.launcher_args):
             command.append(f"--master_port={_free_port()}")

@@ -158,10 +158,11 @@ def _autocast(device: torch.device, mixed_precision: str):
 
 def run_fingerprint(base_model: dict, features_index: dict, settings: TrainSettings, lora: LoraSettings,
                     augmentation: AugmentSettings | None = None) -> str:
-    ignored = ("progress", "num_threads", "device", "num_workers", "pin_memory", "launcher_args", "processes")
+    ignored = ("progress", "num_threads", "device", "num_workers", "pin_memory", "launcher_args", "processes_per_node",
+               "nodes")
     payload = {"base": base_model["name_or_path"], "features": features_index["fingerprint"],
                "train": {k: v for k, v in asdict(settings).items() if k not in ignored},
-               "processes": settings.processes, "lora": asdict(lora)}
+               "processes": settings.processes_per_node * settings.nodes, "lora": asdict(lora)}
     if augmentation is not None and augmentation.enabled:
         payload["augmentation"] = asdict(augmentation)
     return sha256_text(json.dumps(payload, sort_keys=True, default=str))[:16]

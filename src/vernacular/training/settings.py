@@ -82,8 +82,11 @@ class TrainSettings:
     max_validation_utterances: int | None = 200
     early_stopping_patience: int | None = None  # stop after this many evaluations without a better WER
     keep_best: bool = True        # the adapter returned (and saved) is the one with the best validation WER
-    processes: int = 1            # >1: data-parallel over that many processes (GPUs) via torchrun + Accelerate
-    launcher_args: list[str] = field(default_factory=list)  # extra torchrun args, e.g. multi-node rendezvous
+    # Data-parallel (DDP) via torchrun + Accelerate: processes_per_node ranks (one per GPU) on each
+    # of `nodes` machines, nodes x processes_per_node ranks in all.
+    processes_per_node: int = 1
+    nodes: int = 1
+    launcher_args: list[str] = field(default_factory=list)  # extra torchrun args: rendezvous, --node_rank
     seed: int = 13
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 (or fp16 + loss scaling) on CUDA, fp32 on CPU
@@ -92,9 +95,17 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0 \
-                or self.gradient_accumulation_steps < 1 or self.processes < 1:
-            raise ValueError("training.epochs, batch_size, gradient_accumulation_steps and processes must be >= 1 "
-                             "and learning_rate > 0")
+                or self.gradient_accumulation_steps < 1 or self.processes_per_node < 1 or self.nodes < 1:
+            raise ValueError("training.epochs, batch_size, gradient_accumulation_steps, processes_per_node and nodes "
+                             "must be >= 1 and learning_rate > 0")
+        owned = [a for a in self.launcher_args if a.split("=")[0] in ("--nnodes", "--nproc_per_node", "--nproc-per-node")]
+        if owned:
+            raise ValueError(f"training.launcher_args {owned}: set training.nodes and training.processes_per_node "
+                             "instead (they give torchrun --nnodes and --nproc_per_node)")
+        if self.nodes > 1 and not any(a.startswith(("--rdzv_endpoint", "--rdzv-endpoint", "--master_addr"))
+                                      for a in self.launcher_args):
+            raise ValueError(f"training.nodes: {self.nodes} needs the rendezvous in training.launcher_args, e.g. "
+                             '["--node_rank=0", "--rdzv_backend=c10d", "--rdzv_endpoint=node0:29400"]')
         if self.batching not in BATCHING:
             raise ValueError(f"training.batching must be one of {BATCHING}, got {self.batching!r}")
         if self.batching == "duration" and self.max_batch_seconds <= 0:
@@ -103,6 +114,10 @@ class TrainSettings:
             raise ValueError("training.early_stopping_patience must be >= 1 or null")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise ValueError(f"training.precision must be auto, bf16, fp16 or fp32, got {self.precision!r}")
+
+    @property
+    def distributed(self) -> bool:
+        return self.processes_per_node * self.nodes > 1
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "TrainSettings":

@@ -18,8 +18,8 @@ def train_lora_adapter(base_model: dict, features_index: dict, settings: TrainSe
                        normaliser: str = "whisper_english"):
     """Train an adapter; returns (peft_model, metrics).
 
-    With `settings.processes > 1` (and not already inside a distributed launch) this starts
-    `torchrun` with that many processes and loads the adapter they trained (`launch_distributed`).
+    With `settings.distributed` (processes_per_node x nodes > 1, not already inside a distributed
+    launch) this starts `torchrun` and loads the adapter the ranks trained (`launch_distributed`).
     Checkpoints go to `checkpoint_root/<run fingerprint>/`; a rerun with the same inputs and
     settings resumes from the newest checkpoint (a finished run resumes at its end and returns
     at once). `stop_after_steps` ends the run early (as a crash would) for tests. With
@@ -27,7 +27,7 @@ def train_lora_adapter(base_model: dict, features_index: dict, settings: TrainSe
     (speed, noise, SpecAugment), seeded per (seed, epoch, example) so resume stays exact.
     `decoding` and `normaliser` (evaluation's) score the validation WER.
     """
-    if settings.processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    if settings.distributed and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return launch_distributed(base_model, features_index, settings, lora, checkpoint_root,
                                   stop_after_steps=stop_after_steps, augmentation=augmentation, decoding=decoding,
                                   normaliser=normaliser)

@@ -96,6 +96,14 @@ class ModelFamily:
     def prepare_for_training(self, model) -> None:
         raise NotImplementedError
 
+    def set_speech_task(self, processor, model, language: str, task: str) -> None:
+        """Make labels and decoding use `language` and `task` (`model` may be None).
+
+        A family whose checkpoints have one fixed language records the setting and only checks
+        the task."""
+        if task != "transcribe":
+            raise ValueError(f"model.task {task!r}: {self.name} models only transcribe; set model.task: transcribe")
+
     # --- features and labels ----------------------------------------------------------------------
     def features(self, processor, audios: list[np.ndarray]) -> list[tuple[torch.Tensor, float]]:
         raise NotImplementedError

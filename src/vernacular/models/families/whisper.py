@@ -1,7 +1,10 @@
 """Whisper (`WhisperForConditionalGeneration`): log-mel features, teacher-forced labels, generate().
 
-Label ids are [<|startoftranscript|>, <|notimestamps|>, ...text..., <|endoftext|>]; the collator
-feeds `ids[:-1]` as decoder input and `ids[1:]` as labels, so the start token is never doubled.
+Label ids are the prefix generate() uses at inference, then the text: [<|startoftranscript|>,
+<|notimestamps|>, ...text..., <|endoftext|>] for an English-only model, [<|startoftranscript|>,
+<|de|>, <|transcribe|>, <|notimestamps|>, ...] for a multilingual one (`set_speech_task` sets the
+language and task on the tokenizer and on the generation config alike). The collator feeds
+`ids[:-1]` as decoder input and `ids[1:]` as labels, so the start token is never doubled.
 The cached log-mel is trimmed to the frames that carry audio (float16) with the constant value
 Whisper's feature extractor gives the padded tail; `pad_features` rebuilds the exact 3000-frame
 input.
@@ -18,7 +21,7 @@ from transformers.utils import logging as hf_logging
 
 from vernacular.data.audio import TARGET_SAMPLE_RATE
 from vernacular.data.augment import AugmentSettings, augment_audio, spec_augment
-from vernacular.models.whisper_ct2 import export_to_ct2
+from vernacular.models.whisper_ct2 import MULTILINGUAL_VOCAB_SIZE, TASKS, export_to_ct2
 from vernacular.models.families.base import (IGNORE_INDEX, DecodeSettings, ModelFamily, decode_batches, guard_loops,
                                              input_device_dtype, unwrap)
 
@@ -27,11 +30,19 @@ WINDOW_HALF = 200  # half of Whisper's 400-sample STFT window
 MAX_LABEL_TOKENS = 440
 
 
+def is_multilingual(tokenizer) -> bool:
+    """OpenAI's rule: 51,865 tokens or more (English-only Whisper has 51,864)."""
+    return len(tokenizer) >= MULTILINGUAL_VOCAB_SIZE
+
+
 def label_ids(tokenizer, text: str) -> list[int]:
-    """Token ids [<|startoftranscript|>, <|notimestamps|>, ...text..., <|endoftext|>].
+    """Token ids: the tokenizer's prefix (start, language, task, no-timestamps), text, <|endoftext|>.
 
     Whisper transcripts start with a space, so one is prepended.
     """
+    if is_multilingual(tokenizer) and tokenizer.language is None:
+        raise ValueError("training labels of a multilingual Whisper need a language token: set model.language "
+                         "to the language of the training data (auto is for transcription only)")
     ids = tokenizer(" " + text.strip()).input_ids
     if ids[-1] != tokenizer.eos_token_id:
         ids = ids + [tokenizer.eos_token_id]
@@ -121,6 +132,30 @@ class WhisperFamily(ModelFamily):
 
     def prepare_for_training(self, model) -> None:
         unwrap(model).config.use_cache = False
+
+    def set_speech_task(self, processor, model, language: str, task: str) -> None:
+        """Language and task on the tokenizer (labels) and the generation config (generate()).
+
+        `auto` leaves the language to generate(), which detects it per clip. An English-only
+        model takes only `en` and `transcribe`."""
+        tokenizer = processor.tokenizer
+        if task not in TASKS:
+            raise ValueError(f"model.task must be one of {list(TASKS)}, got {task!r}")
+        if not is_multilingual(tokenizer):
+            if language != "en" or task != "transcribe":
+                raise ValueError(f"this Whisper model is English-only ({len(tokenizer)} tokens): it cannot "
+                                 f"{task} {language!r} speech; set model.language: en and model.task: transcribe, "
+                                 "or use a multilingual base model (embedded:whisper-base, openai/whisper-small)")
+            return
+        if language != "auto" and tokenizer.convert_tokens_to_ids(f"<|{language}|>") in (None, tokenizer.unk_token_id):
+            raise ValueError(f"model.language {language!r} is not a Whisper language code (such as en, de, cy); "
+                             "or set auto to detect the language per clip")
+        tokenizer.set_prefix_tokens(language=None if language == "auto" else language, task=task,
+                                    predict_timestamps=False)
+        if model is not None:
+            generation = unwrap(model).generation_config
+            generation.language = None if language == "auto" else language
+            generation.task = task
 
     def fixed_frames(self, processor) -> int | None:
         return int(processor.feature_extractor.nb_max_frames)  # the encoder takes exactly 30 s

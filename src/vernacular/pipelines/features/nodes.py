@@ -18,7 +18,8 @@ def prepare_base_model(model: dict, storage: dict, vertical: str) -> dict:
     """Resolve `model.base_model` (embedded default, local directory or hub id) to a loadable location."""
     settings = ModelSettings.from_dict(model)
     cache = StorageLayout.for_vertical(vertical, storage).base_model_cache_dir
-    return resolve_base_model(settings.base_model, cache, family=settings.family)
+    return resolve_base_model(settings.base_model, cache, family=settings.family, language=settings.language,
+                              task=settings.task)
 
 
 def build_features(manifest: pd.DataFrame, base_model: dict, features: dict, storage: dict, vertical: str) -> dict:
