@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -156,6 +157,28 @@ def test_control_set_from_a_manifest(tmp_path):
     rows = control_set(ForgettingSettings(manifest=str(tmp_path / "manifest.csv")), tmp_path / "unused")
     assert rows["text"].tolist() == ["Good morning everyone."]
     assert rows["audio_path"][0] == str((tmp_path / "a.wav").resolve())
+
+
+def test_control_set_from_real_fleurs_english_clips_and_a_clip_without_transcript(tmp_path, caplog):
+    from tests.paths import SHARED_DATA
+
+    fleurs = SHARED_DATA / "fleurs-mini"
+    if not fleurs.is_dir():
+        pytest.skip(f"{fleurs} not found (shared data sits beside the repository)")
+    rows = control_set(ForgettingSettings(manifest=str(fleurs / "fleurs-en-*.ogg"), manifest_format="sidecar"),
+                       tmp_path / "unused")
+    assert len(rows) == 10 and all(name.startswith("fleurs-en-") for name in rows["utterance_id"])
+    assert all(Path(p).read_bytes()[:4] == b"OggS" for p in rows["audio_path"])
+    assert rows["text"].tolist() == [(fleurs / f"{u}.txt").read_text().strip() for u in rows["utterance_id"]]
+
+    import shutil
+    for source in sorted(fleurs.glob("fleurs-en-00[01].*")):
+        shutil.copy(source, tmp_path / source.name)
+    (tmp_path / "fleurs-en-000.txt").unlink()
+    with caplog.at_level("WARNING"):
+        rows = control_set(ForgettingSettings(manifest=str(tmp_path), manifest_format="sidecar"), tmp_path / "unused")
+    assert rows["utterance_id"].tolist() == ["fleurs-en-001"]
+    assert "1 entries left out" in caplog.text and "fleurs-en-000" in caplog.text
 
 
 def test_settings_reject_unknown_keys():

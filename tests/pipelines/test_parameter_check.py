@@ -120,3 +120,36 @@ def test_an_output_that_cannot_be_written_stops_the_run_before_its_first_node(tm
 
     with exclusive_lock(project / StorageLayout.for_vertical("radiology").run_lock, "check"):
         pass  # the failed run gave its lock back
+
+
+def _doc_block(marker: str) -> str:
+    """The YAML block that follows `<!-- marker ... -->` in docs/verticals.md."""
+    text = (REPO / "docs" / "verticals.md").read_text()
+    after = text[text.index(f"<!-- {marker}"):]
+    return after[after.index("```yaml\n") + len("```yaml\n"):after.index("\n```", after.index("```yaml"))]
+
+
+def _env_parameters(root, env: str, block: str) -> dict:
+    from kedro.config import OmegaConfigLoader
+
+    from vernacular.settings import CONFIG_LOADER_ARGS
+
+    scratch_project(root)
+    (root / "conf" / env).mkdir()
+    (root / "conf" / env / "parameters.yml").write_text(block)
+    (root / "conf" / env / "globals.yml").write_text(f'storage_suffix: "-{env}"\n')
+    return OmegaConfigLoader(str(root / "conf"), **{**CONFIG_LOADER_ARGS, "default_run_env": env})["parameters"]
+
+
+def test_the_docs_vertical_in_another_language_is_a_valid_config(tmp_path):
+    block = _doc_block("vertical-in-another-language")
+    accent = check_parameters(_env_parameters(tmp_path, "de-calls", block), ["accent"])["accent"]
+    assert (accent.model.base_model, accent.model.language, accent.model.task) == \
+        ("embedded:whisper-base", "de", "transcribe")
+    assert accent.evaluation.normaliser == "basic" and accent.evaluation.forgetting.manifest_format == "sidecar"
+    assert [(p.format, p.split) for p in accent.source.parts] == [("sidecar", "train"), ("sidecar", "test")]
+    assert accent.training.epochs == 1 and accent.storage.suffix == "-de-calls"  # the rest: base defaults
+
+    english_only = block.replace("embedded:whisper-base", "embedded:whisper-tiny.en")
+    with pytest.raises(ValueError, match="English-only"):
+        check_parameters(_env_parameters(tmp_path / "en", "de-calls", english_only), ["accent"])

@@ -76,6 +76,21 @@ def test_bad_settings_are_rejected():
         TrainSettings.from_dict({"epochs": 0})
 
 
+def test_ranks_are_processes_per_node_times_nodes_and_torchrun_flags_come_from_them():
+    assert not TrainSettings(processes_per_node=1, nodes=1).distributed
+    assert TrainSettings(processes_per_node=2).distributed
+    rendezvous = ["--node_rank=1", "--rdzv_backend=c10d", "--rdzv_endpoint=node0:29400"]
+    assert TrainSettings(processes_per_node=1, nodes=2, launcher_args=rendezvous).distributed
+    with pytest.raises(ValueError, match="needs the rendezvous"):
+        TrainSettings(nodes=2)
+    with pytest.raises(ValueError, match="set training.nodes and training.processes_per_node"):
+        TrainSettings(processes_per_node=2, launcher_args=["--nproc_per_node=4"])
+    with pytest.raises(ValueError, match="processes_per_node and nodes"):
+        TrainSettings(nodes=0)
+    with pytest.raises(ValueError, match=r"unknown setting.*training\.processes"):
+        TrainSettings.from_dict({"processes": 2})  # the old name, per node but read as a total
+
+
 def test_augmented_training_is_reproducible_across_resume(tiny_whisper, features_index, tmp_path):
     from vernacular.data.augment import AugmentSettings
 

@@ -106,7 +106,10 @@ def control_set(settings: ForgettingSettings, cache_dir: str | Path, exclude_tex
     """
     count = settings.sentences if not limit else min(settings.sentences, limit)
     if settings.manifest:
-        rows, _ = read_manifest(settings.manifest, settings.manifest_format)
+        rows, unreadable = read_manifest(settings.manifest, settings.manifest_format)
+        if len(unreadable):
+            log.warning("forgetting control set %s: %d entries left out: %s", settings.manifest, len(unreadable),
+                        "; ".join(unreadable["reason"].astype(str).head(5)))
         rows = resolve_rows(rows, default_root(settings.manifest))
         rows = rows[rows["text"].str.len() > 0].head(count)
         return rows[["utterance_id", "text", "speaker", "audio_path", "offset", "duration"]].reset_index(drop=True)

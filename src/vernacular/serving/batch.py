@@ -60,7 +60,7 @@ class BatchSettings:
     silence_ratio: float = 0.1
     merge: bool = True
     # "" decodes in the language the adapter was trained for; a code (de, cy) or auto (detect per
-    # file, multilingual models only) overrides it.
+    # 30-s chunk, multilingual models only) overrides it.
     language: str = ""
     decoding: DecodeSettings = field(default_factory=DecodeSettings)  # its batch_size is ignored: see above
     progress: bool = False

@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--base-model", help="base model: a local transformers directory, a hub id or "
                                              "embedded:whisper-tiny.en (default: the one the adapter was trained on)")
     parser.add_argument("--language", help="language code of the audio (de, cy, ...) or auto to detect it per "
-                                           "file (default: the language the adapter was trained for)")
+                                           "30-s chunk (default: the language the adapter was trained for)")
     parser.add_argument("--batch-size", type=int, default=BatchSettings.batch_size)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     parser.add_argument("--no-merge", action="store_true", help="keep the adapter unmerged (slower)")
