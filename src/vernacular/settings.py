@@ -8,7 +8,15 @@ https://docs.kedro.org/en/stable/configure/configuration_basics/#configuration""
 # Hooks are executed in a Last-In-First-Out (LIFO) order.
 # MLflow tracking (kedro-mlflow, the `mlflow` extra) only runs where the environment has an
 # mlflow.yml (`kedro run --env mlflow`); without it this hook does nothing (docs/operations.md).
+import warnings
+
 from vernacular.hooks import mlflow_hook, run_guard_hook  # noqa: E402
+
+# Kedro 1.7's OmegaConfigLoader registers its resolvers with OmegaConf.register_new_resolver, which
+# omegaconf 2.4 deprecates: two UserWarnings on every command, from Kedro's code, not ours, and with
+# nothing for a user to change. Only that message from that module is ignored.
+warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning,
+                        module=r"kedro\.config\.omegaconf_config")
 
 # run_guard_hook: every vertical's parameters are validated, and its run lock taken, before the first node.
 HOOKS = (run_guard_hook, mlflow_hook)

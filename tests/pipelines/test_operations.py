@@ -388,3 +388,28 @@ def test_mlflow_environment_logs_params_metrics_and_adapter(tmp_path, monkeypatc
     assert len(client.get_metric_history(run.info.run_id, "radiology.training_metrics.losses")) == 2
     adapter = {a.path for a in client.list_artifacts(run.info.run_id, "radiology.adapter")}
     assert {"radiology.adapter/adapter_config.json", "radiology.adapter/adapter_model.safetensors"} <= adapter
+
+
+def test_kedro_logs_one_unwrapped_line_per_record_without_omegaconf_noise(tmp_path):
+    """conf/logging.yml: a long log message (a file:// link) stays on one line when stdout is a file,
+    and Kedro's OmegaConf deprecation warnings are not printed."""
+    script = tmp_path / "log_once.py"
+    link = "cost report: file:///" + "/".join(["a-long-folder-name"] * 12) + "/cost_report.html"
+    script.write_text(
+        "import logging, warnings\n"
+        "warnings.simplefilter('default')\n"
+        "from kedro.framework.session import KedroSession\n"
+        "from kedro.framework.startup import bootstrap_project\n"
+        "bootstrap_project('.')\n"
+        "with KedroSession.create(project_path='.') as session:\n"
+        "    session.load_context().params\n"
+        f"    logging.getLogger('vernacular.check').info({link!r})\n")
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
+    env.pop("KEDRO_LOGGING_CONFIG", None)
+    done = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Using 'conf/logging.yml' as logging configuration" in done.stdout
+    (line,) = [line for line in done.stdout.splitlines() if "vernacular.check" in line]
+    assert line.endswith(link)
+    assert "register_new_resolver" not in done.stderr + done.stdout

