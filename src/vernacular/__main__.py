@@ -2,14 +2,15 @@
 as `vernacular` and `python -m vernacular`
 
 `vernacular transcribe ...` is the Kedro-free transcription CLI (vernacular.serving.cli; not `cli.py`, which Kedro would load as the project CLI) and
-`vernacular export ...` merges an adapter and exports it (vernacular.models.export); anything else
+`vernacular export ...` merges an adapter and exports it (vernacular.models.export), `vernacular push ...`
+publishes it to the Hugging Face Hub (vernacular.reporting.publish); anything else
 goes to Kedro's run command as before.
 """
 import sys
 from pathlib import Path
 from typing import Any
 
-from vernacular.serving.cli import export_main
+from vernacular.serving.cli import export_main, push_main
 from vernacular.serving.cli import main as transcribe_main
 
 
@@ -18,6 +19,8 @@ def main(*args, **kwargs) -> Any:
         sys.exit(transcribe_main(sys.argv[2:]))
     if not args and len(sys.argv) > 1 and sys.argv[1] == "export":
         sys.exit(export_main(sys.argv[2:]))
+    if not args and len(sys.argv) > 1 and sys.argv[1] == "push":
+        sys.exit(push_main(sys.argv[2:]))
 
     # Imported here, not at the top: importing kedro.framework.project sets up Kedro's logging on
     # stdout, which would mix log lines into the JSON that `vernacular transcribe` prints.

@@ -17,6 +17,7 @@ from vernacular.data.ingestion import SourceSettings, SplitSettings
 from vernacular.data.manifest import AudioLimits
 from vernacular.evaluation.run import EvaluationSettings
 from vernacular.models.loading import ModelSettings
+from vernacular.reporting.adapter_card import CardSettings
 from vernacular.reporting.cost import CostSettings
 from vernacular.serving.batch import BatchSettings
 from vernacular.training.settings import LoraSettings, TrainSettings
@@ -40,6 +41,7 @@ class VerticalSettings:
     augmentation: AugmentSettings = field(default_factory=AugmentSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     cost: CostSettings = field(default_factory=CostSettings)
+    card: CardSettings = field(default_factory=CardSettings)
     transcription: BatchSettings = field(default_factory=BatchSettings)
 
     @classmethod

@@ -13,6 +13,7 @@ from tests.paths import REPO, scratch_project
 from vernacular.data.augment import AugmentSettings
 from vernacular.data.manifest import AudioLimits
 from vernacular.evaluation.run import EvaluationSettings
+from vernacular.reporting.adapter_card import CardSettings
 from vernacular.reporting.cost import CostSettings
 from vernacular.serving.batch import BatchSettings
 from vernacular.training.settings import LoraSettings, TrainSettings
@@ -55,7 +56,7 @@ def test_anchors_of_the_base_conf_restate_the_dataclass_defaults():
     raw = yaml.safe_load((REPO / "conf" / "base" / "parameters.yml").read_text())
     for anchor, cls in [("_training", TrainSettings), ("_adapter", LoraSettings), ("_augmentation", AugmentSettings),
                         ("_audio_limits", AudioLimits), ("_cost", CostSettings), ("_transcription", BatchSettings),
-                        ("_evaluation", EvaluationSettings)]:
+                        ("_evaluation", EvaluationSettings), ("_card", CardSettings)]:
         defaults = dataclasses.asdict(cls())
         for key, value in raw[anchor].items():
             expected = defaults[key]

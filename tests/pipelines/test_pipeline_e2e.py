@@ -54,12 +54,19 @@ def test_ingestion_accounts_for_every_row_and_splits_by_sentence(project):
     assert all(Path(p).is_file() for p in manifest["audio_path"])
 
 
-def test_adapter_is_plain_peft_pointing_at_the_local_base(project):
-    root, base_cache = project
+def test_adapter_is_plain_peft_naming_its_hub_base_with_its_card_as_readme(project):
+    from huggingface_hub import ModelCard
+
+    root, _ = project
     adapter = latest(root / "data/06_models/radiology/adapter")
     assert (adapter / "adapter_model.safetensors").is_file()
     config = json.loads((adapter / "adapter_config.json").read_text())
-    assert Path(config["base_model_name_or_path"]).parent == Path(base_cache).resolve()
+    assert config["base_model_name_or_path"] == "openai/whisper-tiny.en"  # not this machine's conversion folder
+    card = ModelCard.load(adapter / "README.md")  # the reporting stage replaced PEFT's empty template
+    assert card.data.base_model == "openai/whisper-tiny.en" and card.data.license == "mit"
+    assert [r.metric_type for r in card.data.eval_results] == ["wer", "cer"]
+    assert card.text.strip() and (adapter / "README.md").read_text() == \
+        latest(root / "data/06_models/radiology/adapter_card.md").read_text()
     training = json.loads(latest(root / "data/07_model_output/radiology/training_metrics.json").read_text())
     assert training["steps"] == 2 and training["device"] == "cpu"
     assert 0.003 < training["trainable_fraction"] < 0.005  # r=8 on q,v of tiny.en: ~0.39%

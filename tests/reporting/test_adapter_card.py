@@ -160,6 +160,31 @@ def test_card_is_derived_from_the_run(run):
     assert f"Test utterances whose sentence also occurs in train/validation: {test_rows}" in card
 
 
+def test_card_is_a_hub_model_card_with_evaluation_results(run, embedded_base):
+    from huggingface_hub import ModelCard
+
+    card = ModelCard(card_of(run, card={"datasets": ["acme/dictation"], "test_set_name": "dictation test"}))
+    data = card.data
+    assert data.library_name == "peft" and data.pipeline_tag == "automatic-speech-recognition"
+    assert data.license == "other"  # a local directory without a licence: the Hub's "other", never "unknown"
+    assert data.datasets == ["acme/dictation"] and data.language == ["en"]
+    results = {r.metric_type: r for r in data.eval_results}
+    assert set(results) == {"wer", "cer"}
+    wer = run["eval"]["adapter"]["normalised"]["wer"]
+    assert results["wer"].metric_value == round(100 * wer, 2)
+    assert (results["wer"].dataset_name, results["wer"].dataset_type, results["wer"].dataset_split) == \
+        ("dictation test", "acme/dictation", "test")
+    assert results["wer"].task_type == "automatic-speech-recognition"
+
+    embedded = ModelCard(card_of(run, base_model=embedded_base,
+                                 training_metrics=training_metrics("run123", embedded_base))).data
+    assert embedded.base_model == "openai/whisper-tiny.en" and embedded.license == "mit"
+    assert embedded.eval_results[0].dataset_name == "radiology test split" and embedded.datasets is None
+    assert embedded.to_dict()["vernacular"]["base_model"] == "embedded:whisper-tiny.en"
+    with pytest.raises(ValueError, match="card.dataset"):
+        card_of(run, card={"dataset": ["x"]})
+
+
 def test_manifest_sha_equals_sha256sum_of_the_saved_csv(run, tmp_path):
     from kedro_datasets.pandas import CSVDataset
 
@@ -292,7 +317,7 @@ def test_reporting_pipeline_writes_a_versioned_card_beside_the_adapter(run, tmp_
     assert "radiology.adapter_card" in register_pipelines()["radiology"].all_outputs()
     (card_node,) = [n for n in create_pipeline().nodes if n.name == "write_adapter_card"]
     assert card_node.inputs == ["ingestion_summary", "manifest", "base_model", "training_metrics", "eval_metrics",
-                                "params:source", "params:vertical"]
+                                "params:source", "params:card", "params:vertical"]
     assert card_node.outputs == ["adapter_card"]
 
     config = yaml.safe_load((REPO / "conf/base/catalog.yml").read_text().replace("${globals:storage_suffix}", ""))
@@ -301,7 +326,12 @@ def test_reporting_pipeline_writes_a_versioned_card_beside_the_adapter(run, tmp_
     inputs = {"radiology.ingestion_summary": run["summary"], "radiology.manifest": run["manifest"],
               "radiology.base_model": run["base"], "radiology.training_metrics": run["training"],
               "radiology.eval_metrics": run["eval"], "params:radiology.source": run["source"],
+              "params:radiology.card": {"datasets": [], "test_set_name": None},
               "params:radiology.vertical": "radiology"}
+    adapter = Path(run["eval"]["adapter_path"])
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "README.md").write_text("# Model Card for Model ID\n[More Information Needed]\n")  # PEFT's template
     for name, value in inputs.items():
         catalog[name] = MemoryDataset(value)
     monkeypatch.chdir(tmp_path)  # the catalog's paths are relative to the project root
@@ -311,3 +341,4 @@ def test_reporting_pipeline_writes_a_versioned_card_beside_the_adapter(run, tmp_
     assert written.is_file()
     assert Path(run["eval"]["adapter_path"]).parent.name == written.parent.name  # same version folder name
     assert manifest_sha256(run["manifest"]) in written.read_text()
+    assert (adapter / "README.md").read_text() == written.read_text()  # the folder's own card, Hub-ready

@@ -18,11 +18,13 @@ import datetime as dt
 import importlib.metadata
 import json
 import os
+import shutil
 from pathlib import Path
 
 from vernacular.common.fileio import sha256_file, write_new_directory
 from vernacular.models.families import WHISPER, family_for
-from vernacular.models.loading import AdapterNotFoundError, check_adapter_dir, load_adapter, speech_task
+from vernacular.models.loading import (ADAPTER_CARD, AdapterNotFoundError, adapter_card, check_adapter_dir, load_adapter,
+                                       speech_task)
 
 EXPORT_RECORD = "export.json"
 TRANSFORMERS_SUBDIR = "transformers"
@@ -106,6 +108,10 @@ def export_adapter(base_model: dict, adapter_dir: str | os.PathLike, out_dir: st
             except ValueError as exc:
                 raise ExportError(str(exc)) from exc
             paths["ct2"] = str(out_dir / CT2_SUBDIR)
+        card = adapter_card(adapter_dir)
+        if card:  # the adapter's card (provenance, test results) travels with the merged model
+            shutil.copyfile(card, tmp / ADAPTER_CARD)
+            paths["card"] = str(out_dir / ADAPTER_CARD)
         weights = adapter_dir / "adapter_model.safetensors"
         record.update({
             "adapter": str(adapter_dir.resolve()),

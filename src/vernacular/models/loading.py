@@ -31,6 +31,17 @@ EMBEDDED_PREFIX = "embedded:"
 EMBEDDED_WHISPER = EMBEDDED_PREFIX + DEFAULT_EMBEDDED
 ADAPTER_CONFIG = "adapter_config.json"
 SPEECH_TASK_FILE = "speech_task.json"  # written beside the adapter: the language and task it was trained for
+ADAPTER_CARD = "README.md"  # the adapter card once the reporting stage has run (PEFT's empty template before)
+
+
+def adapter_card(adapter_dir: str | os.PathLike) -> Path | None:
+    """The adapter folder's card written by this project's reporting stage, if it has one."""
+    path = Path(adapter_dir) / ADAPTER_CARD
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8", errors="replace")
+    front = text.split("\n---", 1)[0] if text.startswith("---\n") else ""
+    return path if "\nvernacular:" in front else None
 DEFAULT_LANGUAGE, DEFAULT_TASK = "en", "transcribe"
 
 
@@ -211,14 +222,38 @@ def adapter_speech_task(adapter_dir: str | os.PathLike) -> dict:
                          '{"language": "en", "task": "transcribe"}') from exc
 
 
-def base_model_of_adapter(adapter_dir: str | os.PathLike) -> dict | None:
-    """The base model named in the adapter's config, when it is a local directory that still exists,
-    with the language and task the adapter was trained for."""
-    config = json.loads((check_adapter_dir(adapter_dir) / ADAPTER_CONFIG).read_text())
-    location = config.get("base_model_name_or_path")
-    if location and (Path(location) / "config.json").is_file():
-        return {"name_or_path": location, "source": "local directory", "local_dir": location,
-                **adapter_speech_task(adapter_dir)}
+def hub_name(name_or_path: str) -> str:
+    """The base model as the Hub and plain PEFT name it: an embedded model's OpenAI hub id
+    (`openai/whisper-tiny.en`), else the hub id or path itself."""
+    embedded = EMBEDDED_MODELS.get(name_or_path.removeprefix(EMBEDDED_PREFIX)) \
+        if name_or_path.startswith(EMBEDDED_PREFIX) else None
+    return embedded.hub_id if embedded else name_or_path
+
+
+def base_model_of_adapter(adapter_dir: str | os.PathLike, cache_dir: str | Path | None = None) -> dict | None:
+    """The base model the adapter was trained on, resolved, with its language and task; None when
+    the folder does not say or the model is no longer there.
+
+    First the project's own name for it (SPEECH_TASK_FILE: `embedded:whisper-base`, converted into
+    `cache_dir` when given; a local directory; a hub id), then adapter_config.json's
+    `base_model_name_or_path` when it is a local directory that still exists."""
+    folder = check_adapter_dir(adapter_dir)
+    task = adapter_speech_task(folder)
+    recorded = None
+    if (folder / SPEECH_TASK_FILE).is_file():
+        recorded = json.loads((folder / SPEECH_TASK_FILE).read_text(encoding="utf-8")).get("base_model")
+    config = json.loads((folder / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    if recorded:
+        if recorded.startswith(EMBEDDED_PREFIX):
+            if cache_dir is not None:
+                return resolve_base_model(recorded, cache_dir, **task)
+        else:
+            try:
+                return resolve_base_model(recorded, cache_dir or ".", **task)
+            except (FileNotFoundError, ValueError):
+                pass  # moved or deleted: try the adapter config's path
+    if config and (Path(config) / "config.json").is_file():
+        return {"name_or_path": config, "source": "local directory", "local_dir": config, **task}
     return None
 
 

@@ -12,6 +12,7 @@ missing git checkout, hub cache or file: they record "unknown" and why.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass, field
 from importlib import resources
 import importlib.metadata
 import json
@@ -24,22 +25,75 @@ from pathlib import Path
 import pandas as pd
 import torch
 import yaml
-from huggingface_hub import try_to_load_from_cache
+from huggingface_hub import EvalResult, ModelCardData, try_to_load_from_cache
 
-from vernacular.common.fileio import new_digest, sha256_file, sha256_text
+from vernacular.common.config import build_settings
+from vernacular.common.fileio import new_digest, sha256_file, sha256_text, write_text_atomically
 from vernacular.common.storage import version_of
 from vernacular.common.text import sentence_key
 from vernacular.data.audio import AUDIO_EXTENSIONS
 from vernacular.data.manifest import SIDECAR_SUFFIX, is_glob
 from vernacular.models.families import FAMILIES, family_for
-from vernacular.models.loading import speech_task
+from vernacular.models.loading import ADAPTER_CARD, hub_name, speech_task
 from vernacular.models.whisper_ct2 import EMBEDDED_MODELS
 
-CARD_FORMAT_VERSION = 1
+CARD_FORMAT_VERSION = 2  # 2: Hub metadata (hub base model id, model-index)
 # Kedro's save-version format, e.g. 2026-11-25T22.47.43.693Z
 WEIGHT_PATTERNS = ("model.safetensors", "model-*.safetensors", "pytorch_model.bin", "pytorch_model-*.bin")
 METHOD_NAMES = {"lora": "LoRA", "dora": "DoRA", "ia3": "IA3"}
 SMALL_TEST_SET = 100  # below this many test utterances the card warns that intervals are wide
+
+
+@dataclass
+class CardSettings:
+    """`params:<vertical>.card`: what the run cannot know about the data, for the Hub metadata."""
+
+    datasets: list[str] = field(default_factory=list)  # Hub dataset ids of the training data
+    test_set_name: str | None = None  # the model-index's dataset name (default: "<vertical> test split")
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "CardSettings":
+        return build_settings(cls, values, "card")
+
+
+def hub_license(license_: str | None) -> str:
+    """The Hub's lower-case licence id (`mit`, `apache-2.0`); `other` when it is not recorded."""
+    if not license_ or license_ == "unknown":
+        return "other"
+    return license_.strip().lower().replace(" ", "-")
+
+
+def hub_metadata(base: dict, base_model: dict, training_metrics: dict, eval_metrics: dict, vertical: str,
+                 card: CardSettings, extra: dict) -> ModelCardData:
+    """Hub front matter: base model, licence, language, datasets, tags and a model-index with the
+    adapter's WER and CER (percent, normalised text) on the test split."""
+    method = str(training_metrics["adapter"].get("method", "lora"))
+    adapter = eval_metrics["adapter"]["normalised"]
+    dataset = {"task_type": "automatic-speech-recognition", "task_name": "Automatic Speech Recognition",
+               "dataset_type": card.datasets[0] if card.datasets else "local",
+               "dataset_name": card.test_set_name or f"{vertical} test split", "dataset_split": "test"}
+    results = [EvalResult(**dataset, metric_type="wer", metric_value=round(100 * adapter["wer"], 2),
+                          metric_name=f"WER (normalised: {eval_metrics.get('normaliser')})")]
+    if adapter.get("cer") is not None:
+        results.append(EvalResult(**dataset, metric_type="cer", metric_value=round(100 * adapter["cer"], 2),
+                                  metric_name=f"CER (normalised: {eval_metrics.get('normaliser')})"))
+    license_, base_id = hub_license(base["license"]), hub_name(base["name"])
+    return ModelCardData(
+        library_name="peft", base_model=base_id, license=license_,
+        license_name="unknown" if license_ == "other" else None, language=[speech_task(base_model)[0]],
+        datasets=list(card.datasets) or None, pipeline_tag="automatic-speech-recognition",
+        tags=[*_family(base_model, training_metrics).hub_tags, method, vertical, "vernacular"],
+        metrics=["wer", "cer"], model_name=f"{vertical} {METHOD_NAMES.get(method, method)} adapter for {base_id}",
+        eval_results=results, **extra)
+
+
+def write_card_into_adapter(adapter_dir: str | Path, card: str) -> Path:
+    """Write `card` as the adapter folder's ADAPTER_CARD, README.md (atomically; the Hub shows it)."""
+    folder = Path(adapter_dir)
+    if not (folder / "adapter_config.json").is_file():
+        raise CardInputError(f"{folder}: not a PEFT adapter folder (no adapter_config.json); the evaluation's "
+                             "adapter_path must point at the adapter the card describes")
+    return write_text_atomically(folder / ADAPTER_CARD, card)
 
 
 class CardInputError(ValueError):
@@ -426,8 +480,10 @@ def intended_use_and_limitations(vertical: str, source: dict | None, ingestion_s
 def build_adapter_card(ingestion_summary: dict, manifest: pd.DataFrame, base_model: dict, training_metrics: dict,
                        eval_metrics: dict, vertical: str, source: dict | None = None, *,
                        written_at: dt.datetime | None = None, hub_cache: str | Path | None = None,
-                       git_folders: list[str | Path] | None = None, hash_audio: bool = True) -> str:
-    """The adapter card (Markdown with YAML front matter) from a run's outputs."""
+                       git_folders: list[str | Path] | None = None, hash_audio: bool = True,
+                       card: CardSettings | dict | None = None) -> str:
+    """The adapter card (Markdown with Hugging Face Hub YAML front matter) from a run's outputs."""
+    card = CardSettings.from_dict(card)
     check_inputs(ingestion_summary, manifest, training_metrics, eval_metrics, vertical)
     written_at = written_at or dt.datetime.now(dt.timezone.utc)
     base = base_model_revision(base_model, hub_cache)
@@ -451,17 +507,15 @@ def build_adapter_card(ingestion_summary: dict, manifest: pd.DataFrame, base_mod
     b_norm, a_norm = eval_metrics["base"]["normalised"], eval_metrics["adapter"]["normalised"]
     params_pct = 100 * training_metrics["trainable_params"] / training_metrics["total_params"]
 
-    front = {"library_name": "peft", "base_model": base["name"], "license": base["license"],
-             "language": [speech_task(base_model)[0]], "pipeline_tag": "automatic-speech-recognition",
-             "tags": [*_family(base_model, training_metrics).hub_tags, method, vertical, "vernacular"],
-             "vernacular": {"card_format": CARD_FORMAT_VERSION, "vertical": vertical,
+    front = hub_metadata(base, base_model, training_metrics, eval_metrics, vertical, card, extra={
+             "vernacular": {"card_format": CARD_FORMAT_VERSION, "vertical": vertical, "base_model": base["name"],
                             "adapter_version": adapter_version, "training_run": training_metrics["run_id"],
                             "manifest_sha256": manifest_sha256(manifest),
                             "audio_sha256": audio["sha256"] if audio else None,
                             "git_commit": git["commit"], "git_dirty": git["dirty"],
                             "wer_base": round(b_norm["wer"], 4), "wer_adapter": round(a_norm["wer"], 4),
-                            "written_at": written_at.isoformat(timespec="seconds")}}
-    out = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "",
+                            "written_at": written_at.isoformat(timespec="seconds")}})
+    out = ["---", front.to_yaml().rstrip(), "---", "",
            f"# {vertical}: {method_name} adapter for {base['name']}", ""]
     split_rule = ingestion_summary["split_rule"]
     out += [f"A {method_name} adapter ({params_pct:.2f}% extra parameters) that adapts `{base['name']}` to "

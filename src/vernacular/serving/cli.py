@@ -11,12 +11,15 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 from pathlib import Path
 
 from vernacular.catalog_datasets import ProjectCatalog
+from vernacular.common.storage import StorageLayout
 from vernacular.models.export import QUANTIZATIONS, ExportError, export_adapter
 from vernacular.models.loading import (AdapterNotFoundError, adapter_speech_task, base_model_of_adapter,
                                       check_adapter_dir, resolve_base_model, with_speech_task)
+from vernacular.reporting.publish import PublishError, publish_warnings, push_adapter, stage_adapter
 from vernacular.serving.batch import BatchSettings, load_transcriber, transcribe_files
 
 
@@ -45,8 +48,9 @@ def resolve_base(base: str | None, adapter_dir: str, vertical: str | None, proje
     record; with the language and task the adapter was trained for."""
     task = adapter_speech_task(adapter_dir)
     if base:
-        return resolve_base_model(base, project.catalog().storage(vertical or "").base_model_cache_dir, **task)
-    recorded = base_model_of_adapter(adapter_dir) or (project.catalog().base_model(vertical) if vertical else None)
+        return resolve_base_model(base, project.base_model_cache_dir(vertical), **task)
+    recorded = base_model_of_adapter(adapter_dir, project.base_model_cache_dir(vertical)) or (
+        project.catalog().base_model(vertical) if vertical else None)
     if recorded:
         return with_speech_task(recorded, **task)
     raise AdapterNotFoundError(f"cannot tell which base model {adapter_dir} was trained on (its adapter_config.json "
@@ -63,6 +67,13 @@ class Project:
         if self._catalog is None:
             self._catalog = ProjectCatalog(self.env)
         return self._catalog
+
+    def base_model_cache_dir(self, vertical: str | None) -> Path:
+        """Where embedded base models are converted: the vertical's storage, or the default layout's
+        (data/06_models/base) outside a project folder."""
+        if not Path("conf").is_dir():
+            return StorageLayout.for_vertical(vertical or "", None).base_model_cache_dir
+        return self.catalog().storage(vertical or "").base_model_cache_dir
 
     def adapter(self, given: str | None, vertical: str | None) -> str:
         return str(check_adapter_dir(given)) if given else self.catalog().latest_adapter(vertical)
@@ -130,4 +141,62 @@ def export_main(argv: list[str] | None = None) -> int:
     if args.ct2:
         print(f"serve it: faster_whisper.WhisperModel({record['paths']['ct2']!r}).transcribe(audio, "
               f"language={record['language']!r}, task={record['task']!r})", file=sys.stderr)
+    return 0
+
+
+# --- `vernacular push` ---------------------------------------------------------------------------
+
+def build_push_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vernacular push",
+        description="Publish a vertical's adapter (PEFT files + its adapter card as README.md) to the Hugging Face "
+                    "Hub, private unless --public.")
+    parser.add_argument("--vertical", required=True, help="radiology, finance, accent, ...")
+    parser.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub")
+    parser.add_argument("--adapter", help="adapter directory (default: the latest version of <vertical>.adapter)")
+    visibility = parser.add_mutually_exclusive_group()
+    visibility.add_argument("--private", action="store_true", default=True, help="a private repository (default)")
+    visibility.add_argument("--public", dest="private", action="store_false", help="a public repository")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="upload nothing: write the folder that would be uploaded to --out")
+    parser.add_argument("--out", type=Path, help="new folder for --dry-run (default: ./push-ORG--NAME)")
+    parser.add_argument("--env", help="Kedro configuration environment whose catalog to read (default: local)")
+    return parser
+
+
+def push_main(argv: list[str] | None = None) -> int:
+    args = build_push_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    if args.repo_id.count("/") != 1 or not all(args.repo_id.split("/")):
+        print(f"vernacular push: --repo-id {args.repo_id!r}: expected ORG/NAME", file=sys.stderr)
+        return 2
+    project = Project(args.env)
+    out = args.out or Path(f"push-{args.repo_id.replace('/', '--')}")
+    try:
+        adapter = project.adapter(args.adapter, args.vertical)
+        if out.exists():
+            raise FileExistsError(f"{out} already exists; choose a new --out")
+        for warning in publish_warnings(adapter):
+            print(f"vernacular push: warning: {warning}", file=sys.stderr)
+        if args.dry_run:
+            files = stage_adapter(adapter, out)
+            print(json.dumps({"dry_run": True, "repo_id": args.repo_id, "private": args.private,
+                              "adapter": adapter, "folder": str(out.resolve()), "files": files}, indent=2))
+            return 0
+        staging = tempfile.TemporaryDirectory(prefix="vernacular-push-")
+        staged = Path(staging.name) / "adapter"
+        files = stage_adapter(adapter, staged)
+    except (AdapterNotFoundError, PublishError, FileExistsError, OSError, ValueError) as exc:
+        print(f"vernacular push: {exc}", file=sys.stderr)
+        return 2
+    try:
+        url = push_adapter(staged, args.repo_id, private=args.private,
+                           commit_message=f"Vernacular {args.vertical} adapter ({Path(adapter).parent.name})")
+    except Exception as exc:  # the Hub client's errors: offline mode, authentication, permissions, network
+        print(f"vernacular push: upload to {args.repo_id} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        staging.cleanup()
+    print(json.dumps({"repo_id": args.repo_id, "private": args.private, "adapter": adapter, "files": files,
+                      "commit": url}, indent=2))
     return 0

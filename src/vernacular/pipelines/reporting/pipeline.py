@@ -8,5 +8,5 @@ def create_pipeline(**kwargs) -> Pipeline:
         node(report_costs, ["training_metrics", "eval_metrics", "params:prices", "params:cost", "params:vertical"],
              ["cost_report", "cost_plot", "cost_report_html", "cost_metrics"], name="report_costs", tags=["reporting"]),
         node(write_adapter_card, ["ingestion_summary", "manifest", "base_model", "training_metrics", "eval_metrics",
-                                  "params:source", "params:vertical"], "adapter_card", name="write_adapter_card", tags=["reporting"]),
+                                  "params:source", "params:card", "params:vertical"], "adapter_card", name="write_adapter_card", tags=["reporting"]),
     ])
