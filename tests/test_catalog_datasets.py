@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 from kedro.io.core import Version
+from tests.paths import REPO
 
 from tests.paths import scratch_project
 from vernacular.catalog_datasets import AdapterDataset, ProjectCatalog, ReportPageDataset
@@ -53,3 +54,17 @@ def test_project_catalog_outside_a_run(tmp_path, monkeypatch):
     assert str(catalog.storage("radiology").checkpoint_dir) == "data/06_models/radiology/checkpoints"
     assert str(ProjectCatalog(env="speechocean").storage("accent").checkpoint_dir) == \
         "data/06_models/accent-speechocean/checkpoints"
+
+
+def test_every_catalog_entry_has_the_kedro_viz_layer_of_its_data_folder():
+    import re
+
+    import yaml
+
+    layers = {"01_raw": "raw", "02_intermediate": "intermediate", "03_primary": "primary", "04_feature": "feature",
+              "05_model_input": "model_input", "06_models": "models", "07_model_output": "model_output",
+              "08_reporting": "reporting"}
+    catalog = yaml.safe_load((REPO / "conf" / "base" / "catalog.yml").read_text())
+    for name, entry in catalog.items():
+        folder = re.match(r"data/(\d\d_[a-z_]+)/", entry.get("filepath") or entry.get("path")).group(1)
+        assert entry.get("metadata", {}).get("kedro-viz", {}).get("layer") == layers[folder], name

@@ -273,6 +273,13 @@ def test_viz_build_shows_stages_namespaces_and_versioned_datasets(viz_build, reg
             checked += 1
     assert checked >= len(VERTICALS)
 
+    # the layer toggle works: every dataset has its data/<NN_layer> layer, in the data-folder order
+    assert graph["layers"] == ["raw", "intermediate", "primary", "feature", "models", "model_output", "reporting"]
+    datasets = [n for n in graph["nodes"] if n["type"] == "data"]
+    assert datasets and all(n.get("layer") in graph["layers"] for n in datasets), \
+        [n["name"] for n in datasets if not n.get("layer")]
+    assert nodes[("data", "radiology.adapter")]["layer"] == "models"
+
 
 def test_viz_build_page_rendered_in_headless_chromium(viz_build, registry, tmp_path):
     from tools.viz_screenshot import capture, find_chromium

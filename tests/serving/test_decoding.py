@@ -86,3 +86,13 @@ def test_merged_adapter_equals_unmerged(tiny_whisper, speech_clips):
     assert not torch.allclose(plain, unmerged, atol=1e-3)  # the adapter changes the output
     assert torch.allclose(merged, unmerged, atol=1e-4)
     assert merged_texts == unmerged_texts
+
+
+def test_progress_bar_carries_its_label(tiny_whisper, speech_clips, capsys):
+    model, processor = load_model(tiny_whisper)[:2]
+    audios = [a for _, a in speech_clips[:2]]
+    settings = DecodeSettings(min_new_tokens_cap=2, max_tokens_per_second=1.0)
+    transcribe(model, processor, audios, settings, progress="adapter: forgetting control set")
+    assert "adapter: forgetting control set" in capsys.readouterr().err
+    transcribe(model, processor, audios, settings, progress=False)
+    assert capsys.readouterr().err == ""

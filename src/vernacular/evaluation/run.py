@@ -166,7 +166,8 @@ def evaluate_adapter(test: pd.DataFrame, base_model: dict, adapter_dir: str,
     results = {}
     for name, model in (("base", base), ("adapter", merged)):
         started = time.perf_counter()
-        results[name] = transcribe(model, processor, audios, decoding, device, progress=settings.progress)
+        results[name] = transcribe(model, processor, audios, decoding, device,
+                                   progress=settings.progress and f"{name}: test set")
         results[name + "_seconds"] = time.perf_counter() - started
     segments = build_segments(audios, settings.latency_segment_seconds, max_segments=settings.latency_segments)
     latency = measure_latency({"base": base, "adapter_unmerged": unmerged, "adapter": merged}, processor, segments,
@@ -201,7 +202,8 @@ def evaluate_adapter(test: pd.DataFrame, base_model: dict, adapter_dir: str,
             raise ValueError("evaluation.forgetting: the control set is empty (all sentences excluded or no rows)")
         started = time.perf_counter()
         control_audio = _read_rows(control)
-        hyps = {name: transcribe(model, processor, control_audio, decoding, device, progress=settings.progress)
+        hyps = {name: transcribe(model, processor, control_audio, decoding, device,
+                                 progress=settings.progress and f"{name}: forgetting control set")
                 for name, model in (("base", base), ("adapter", merged))}
         boot = settings.bootstrap
         metrics["forgetting"].update(forgetting_check(

@@ -12,9 +12,10 @@ from vernacular.models.families import DecodeSettings, family_for
 
 
 def transcribe(model, processor, audios: list[np.ndarray], settings: DecodeSettings | None = None,
-               device: torch.device | str | None = None, progress: bool = False) -> list[str]:
+               device: torch.device | str | None = None, progress: bool | str = False) -> list[str]:
     """Transcribe 16 kHz mono clips (each at most 30 s) greedily, in batches, with the decoder of the
-    model's family (Whisper generate, CTC argmax, RNN-T greedy search; see `vernacular.models.families`)."""
+    model's family (Whisper generate, CTC argmax, RNN-T greedy search; see `vernacular.models.families`);
+    `progress`: a progress bar, a string labels it."""
     return family_for(model).transcribe(model, processor, audios, settings, device, progress)
 
 

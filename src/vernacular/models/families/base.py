@@ -63,8 +63,10 @@ def guard_loops(text: str, settings: DecodeSettings) -> str:
                             min_compression_ratio=settings.loop_compression_ratio)
 
 
-def decode_batches(audios: list, settings: DecodeSettings, progress: bool, desc: str = "transcribe"):
-    """`audios` in chunks of `settings.batch_size`, with an optional progress bar."""
+def decode_batches(audios: list, settings: DecodeSettings, progress: bool | str):
+    """`audios` in chunks of `settings.batch_size`, with a progress bar when `progress` is true (a
+    string is the bar's label, e.g. "adapter: test set")."""
+    desc = progress if isinstance(progress, str) else "transcribe"
     for start in tqdm(range(0, len(audios), settings.batch_size), desc=desc, disable=not progress):
         yield audios[start:start + settings.batch_size]
 
