@@ -318,7 +318,16 @@ def test_html_rejects_what_is_not_a_png():
 def test_plot_lines_and_break_even_marker():
     inputs = gpu_inputs(base_inference_rtf=0.03, vendor_tier="custom", other_vendor_tiers={"medical": 0.004})
     p = project_costs(inputs)
-    (ax,) = plot_costs(inputs, p).axes
+    bars, ax = plot_costs(inputs, p).axes
+    # the bars: monthly cost of each option at the configured volume, the value written on each
+    heights = [patch.get_height() for patch in bars.patches]
+    assert heights == pytest.approx([p["base"]["usd_per_month"], p["self_hosted_usd_per_month"],
+                                     p["vendor_usd_per_month"], p["other_vendor_tiers"]["medical"]["vendor_usd_per_month"]])
+    names = [t.get_text() for t in bars.get_xticklabels()]
+    assert names[0].startswith("self-hosted\nbase") and "(+ $7.50 training, once)" in names[1]
+    assert names[2:] == ["vendor\n(custom tier)", "vendor\n(medical tier)"]
+    assert [t.get_text() for t in bars.texts] == ["$750.00", "$500.00", "$3,600.00", "$2,400.00"]
+    assert bars.get_yscale() == "linear" and "10,000" in bars.get_title()
     lines = {line.get_label(): line for line in ax.lines}
     assert set(lines) == {"self-hosted base model", "self-hosted with adapter",
                           "with adapter + training run in the first month", "vendor (custom tier)",
@@ -333,16 +342,18 @@ def test_plot_lines_and_break_even_marker():
     assert bx == pytest.approx(7.5 / 0.31) and by == pytest.approx(bx * 0.36) == pytest.approx(bx * 0.05 + 7.5)
     assert ax.get_xscale() == ax.get_yscale() == "log"
     assert "USD" in ax.get_ylabel() and "hours" in ax.get_xlabel()
-    assert "NVIDIA H100" in ax.get_title() and "CPU" not in ax.get_title()
+    title = ax.figure.texts[0].get_text()  # suptitle
+    assert "NVIDIA H100" in title and "CPU" not in title
 
 
 def test_plot_without_break_even_or_base(tmp_path):
     inputs = gpu_inputs(device="cpu", inference_rtf=1.0, device_hour_usd=3.0)
     fig = plot_costs(inputs, project_costs(inputs))
-    labels = [line.get_label() for line in fig.axes[0].lines]
+    labels = [line.get_label() for line in fig.axes[1].lines]
     assert not any(label.startswith("break-even") for label in labels)
     assert "self-hosted base model" not in labels
-    assert "CPU" in fig.axes[0].get_title()
+    assert len(fig.axes[0].patches) == 2  # adapter and vendor bars, no base
+    assert "CPU" in fig.texts[0].get_text()
     assert figure_png(fig).startswith(b"\x89PNG")
 
 
@@ -398,6 +409,22 @@ def test_report_node_cpu_run(tmp_path):
         assert conf["vendor_usd_per_audio_minute"]["medical"]["source"].split(" (")[0] in text
     assert isinstance(figure, Figure)
     assert "data:image/png;base64," in page
+
+
+def test_base_and_merged_adapter_are_priced_from_one_timing_and_the_page_explains_it(tmp_path):
+    from vernacular.pipelines.reporting.nodes import report_costs
+
+    training, evaluation = run_metrics(tmp_path)
+    evaluation["latency"]["adapter"] = {**evaluation["latency"]["base"], "real_time_factor": 0.12}  # noisy timing
+    markdown, _, page, metrics = report_costs(training, evaluation, prices(), COST, "accent")
+    inputs, projection = metrics["inputs"], metrics["projection"]
+    assert inputs["inference_rtf"] == inputs["base_inference_rtf"] == pytest.approx(0.11)
+    assert projection["base"]["usd_per_month"] == pytest.approx(projection["self_hosted_usd_per_month"])
+    for text in (markdown, page):
+        assert "priced from the same timing" in text and "+20% here" in text
+        # the default vendor tier's price is a planning assumption, and the page says so up front
+        assert "is an assumption, not a quote" in text.split("|")[0]
+        assert "Break-even, in words: each audio hour self-hosted instead of sent to the vendor saves" in text
 
 
 def test_report_node_gpu_run_uses_the_card_price_and_name(tmp_path):
