@@ -186,3 +186,73 @@ def test_settings_reject_unknown_keys():
         EvaluationSettings.from_dict({"forgetting": {"voices": "en-us"}})
     with pytest.raises(ValueError, match="bootstrap"):
         EvaluationSettings.from_dict({"bootstrap": {"n_resamples": 0}})
+
+
+def test_evaluation_html_page_leads_with_the_change_in_words_then_figures_then_statistics(metrics, settings):
+    from html.parser import HTMLParser
+
+    from vernacular.common.htmlpage import figure_png
+    from vernacular.evaluation.report import plain_headline, render_evaluation_html
+
+    training = {"trainable_params": 1000, "total_params": 100000, "trainable_fraction": 0.01, "steps": 2,
+                "train_examples": 8, "train_seconds": 60.0, "device_name": "cpu"}
+    per_utt = metrics["per_utterance"]
+    figures = [(figure_png(plot_group_wer(metrics["statistics"], settings.group_columns)), "per group"),
+               (figure_png(plot_utterance_scatter(per_utt["base_wer"], per_utt["adapter_wer"])), "per recording")]
+    page = render_evaluation_html(metrics, training, "radiology", figures)
+
+    class Page(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.order, self.images, self.stack, self.paragraphs = [], [], [], []
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag not in ("meta", "img", "br"):
+                self.stack.append(tag)
+            if tag == "img":
+                self.images.append(attrs["src"])
+                self.order.append("img")
+            if tag in ("h2", "table"):
+                self.order.append(tag)
+
+        def handle_endtag(self, tag):
+            assert self.stack and self.stack.pop() == tag, f"unbalanced </{tag}>"
+
+        def handle_data(self, data):
+            if self.stack and self.stack[-1] == "p" and data.strip():
+                self.paragraphs.append(data.strip())
+
+    parsed = Page()
+    parsed.feed(page)
+    assert not parsed.stack
+    overall = metrics["statistics"]["overall"]["wer"]
+    first = parsed.paragraphs[0]
+    assert first == plain_headline(metrics, "radiology")[0]
+    assert first.startswith("With the adapter, the word error rate on the radiology test set (6 recordings") and \
+        f"{100 * overall['base']['estimate']:.1f}%" in first
+    assert "flagged" in parsed.paragraphs[1]  # the control set got worse by more than the margin
+    assert len(parsed.images) == 2 and all(src.startswith("data:image/png;base64,") for src in parsed.images)
+    assert parsed.order.index("img") < parsed.order.index("table")  # figures before the statistics
+    assert "<th>metric</th>" in page and "Sign test" in page
+    assert "<script" not in page and 'src="http' not in page  # self-contained
+
+
+def test_plain_headline_says_better_worse_or_no_reliable_change():
+    from vernacular.evaluation.report import plain_headline
+
+    def metrics(low, high, diff):
+        return {"n_utterances": 50, "audio_seconds": 600.0, "wer_relative_reduction": 0.4,
+                "statistics": {"bootstrap": {"confidence": 0.95}, "overall": {"wer": {
+                    "base": {"estimate": 0.30}, "adapter": {"estimate": 0.30 + diff},
+                    "difference": {"difference": diff, "low": low, "high": high}}}}}
+
+    (better,) = plain_headline(metrics(-0.16, -0.08, -0.12), "accent")
+    assert "fell from 30.0% to 18.0%: 12.0 points lower (95% interval: 8.0 to 16.0 points)" in better
+    assert "about 40% of the base model's word errors are gone" in better
+    (worse,) = plain_headline(metrics(0.01, 0.05, 0.03), "accent")
+    assert "rose from 30.0% to 33.0%" in worse and "worse" in worse
+    (unclear,) = plain_headline(metrics(-0.04, 0.02, -0.01), "accent")
+    assert "interval includes no change" in unclear and "-4.0 to +2.0" in unclear
+    (tiny,) = plain_headline(metrics(None, None, -0.01), "accent")
+    assert "too few recordings for an interval" in tiny

@@ -86,6 +86,9 @@ def test_evaluation_reports_base_and_adapter(project):
     assert list(transcripts.columns[-3:]) == ["reference", "base", "adapter"] and len(transcripts) == 4
     summary = latest(root / "data/08_reporting/radiology/eval_summary.md").read_text()
     assert "WER (normalised)" in summary and "whisper_english" in summary
+    page = latest(root / "data/08_reporting/radiology/eval_report.html").read_text()
+    assert "With the adapter, the word error rate on the radiology test set (4 recordings" in page
+    assert page.count("data:image/png;base64,") == 2 and "WER (normalised)" in page
 
 
 def test_cost_report_says_cpu_and_has_a_plot(project):

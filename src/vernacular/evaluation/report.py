@@ -1,6 +1,8 @@
-"""The evaluation summary (Markdown) and the one-line headline, from the metrics of a run."""
+"""The evaluation summary (Markdown), its HTML page and the headlines, from the metrics of a run."""
 
 from __future__ import annotations
+
+from vernacular.common.htmlpage import markdown_html, page_head, png_img, text_html
 
 SMALL_SAMPLE = 20  # below this many test utterances the summary warns that bootstrap figures are optimistic
 
@@ -166,3 +168,58 @@ def _alignment_section(metrics: dict) -> list[str]:
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return lines
+
+
+def plain_headline(metrics: dict, vertical: str) -> list[str]:
+    """One or two sentences a manager reads: the WER change with its interval, in words; and the
+    forgetting check when it ran."""
+    overall = metrics["statistics"]["overall"]["wer"]
+    base, adapter, diff = overall["base"]["estimate"], overall["adapter"]["estimate"], overall["difference"]
+    level = round(100 * metrics["statistics"]["bootstrap"]["confidence"])
+    where = (f"the {vertical} test set ({metrics['n_utterances']} recordings, "
+             f"{metrics['audio_seconds'] / 60:.1f} minutes of audio)")
+    low, high = diff.get("low"), diff.get("high")
+    points = abs(100 * diff["difference"])
+    interval = ("" if low is None else
+                f" ({level}% interval: {min(abs(100 * low), abs(100 * high)):.1f} to "
+                f"{max(abs(100 * low), abs(100 * high)):.1f} points)")
+    if low is not None and high < 0:
+        share = metrics.get("wer_relative_reduction")
+        text = (f"With the adapter, the word error rate on {where} fell from {_pct(base)} to {_pct(adapter)}: "
+                f"{points:.1f} points lower{interval}"
+                + (f", so about {round(100 * share)}% of the base model's word errors are gone." if share else "."))
+    elif low is not None and low > 0:
+        text = (f"With the adapter, the word error rate on {where} rose from {_pct(base)} to {_pct(adapter)}: "
+                f"{points:.1f} points higher{interval}. The adapter makes these transcripts worse.")
+    else:
+        text = (f"With the adapter, the word error rate on {where} went from {_pct(base)} to {_pct(adapter)} "
+                f"({100 * diff['difference']:+.1f} points"
+                + (f"; {level}% interval {100 * low:+.1f} to {100 * high:+.1f}): the interval includes no change, so "
+                   "this test set does not show a reliable difference." if low is not None else
+                   "; too few recordings for an interval): read it as no evidence either way."))
+    sentences = [text]
+    forgetting = metrics.get("forgetting") or {}
+    if forgetting.get("enabled"):
+        sentences.append(
+            f"On ordinary speech it was not trained for ({forgetting['n_utterances']} recordings of the control set) "
+            f"the word error rate went from {_pct(forgetting['base']['wer'])} to {_pct(forgetting['adapter']['wer'])}"
+            + (f": worse by more than the {forgetting['margin_pts']:g}-point margin, flagged."
+               if forgetting["flagged"] else f", within the {forgetting['margin_pts']:g}-point margin."))
+    return sentences
+
+
+def render_evaluation_html(metrics: dict, training: dict, vertical: str, figures: list[tuple[bytes, str]]) -> str:
+    """The evaluation page: the headline in words first, then the figures (PNG bytes, caption),
+    then every statistic of the Markdown summary. Self-contained."""
+    title = f"{vertical}: base model vs adapter"
+    cpu = str(metrics.get("device", "")).lower() == "cpu"
+    out = [*page_head(title), f"<h1>{text_html(title)}</h1>"]
+    out += [f'<p class="headline">{text_html(s)}</p>' for s in plain_headline(metrics, vertical)]
+    out.append(f'<p class="label{" cpu" if cpu else ""}">Measured on {text_html(str(metrics.get("device_name")))}; '
+               f"normaliser <code>{text_html(str(metrics['normaliser']))}</code>.</p>")
+    out.append("<h2>By group and by recording</h2>")
+    for png, caption in figures:
+        out += ["<figure>", png_img(png, caption), f"<figcaption>{text_html(caption)}</figcaption>", "</figure>"]
+    summary = render_summary(metrics, training, vertical).split("\n", 1)[1]  # its title is the page's
+    out += ["<h2>Statistics</h2>", markdown_html(summary), "</body>", "</html>"]
+    return "\n".join(out) + "\n"

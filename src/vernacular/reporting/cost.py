@@ -22,12 +22,8 @@ say the same thing. See docs/cost.md.
 
 from __future__ import annotations
 
-import base64
 import logging
-import html
-import io
 import math
-import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -37,13 +33,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from vernacular.common.config import build_settings
+from vernacular.common.htmlpage import figure_png, page_head, png_img, text_html
 
 log = logging.getLogger(__name__)
 
 DAYS_PER_MONTH = 30
 DEVICE_HOURS_PER_MONTH = DAYS_PER_MONTH * 24
 CPU_LABEL = "CPU figures: measured on a CPU, not representative of GPU serving."
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 _NUMERIC_FIELDS = (
     "training_device_hours",
@@ -487,46 +483,14 @@ def render_cost_markdown(inputs: CostInputs, projection: dict, *, title: str, fa
     return "\n".join(lines) + "\n"
 
 
-_URL = re.compile(r"https?://[^\s<>\"')]+")
-
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
-color:#222;line-height:1.45}
-h1{font-size:1.6em}h2{font-size:1.2em;margin-top:1.6em}
-.headline{font-size:1.1em}
-.label{padding:.6em .9em;border-left:5px solid #888;background:#f4f4f4;font-weight:600}
-.label.cpu{border-color:#d9822b;background:#fdf3e7}
-table{border-collapse:collapse;margin:.6em 0}
-th,td{border:1px solid #ccc;padding:.35em .6em;text-align:left;vertical-align:top}
-thead th{background:#eef2f7}
-tbody th{font-weight:normal;background:#fafafa}
-td.num{text-align:right;white-space:nowrap}
-img{max-width:100%;height:auto;border:1px solid #ddd}
-"""
-
-
-def _html_text(text: str) -> str:
-    """Escape text and turn http(s) URLs into links."""
-    out, last = [], 0
-    for m in _URL.finditer(text):
-        out += [html.escape(text[last:m.start()]),
-                f'<a href="{html.escape(m.group(0), quote=True)}">{html.escape(m.group(0))}</a>']
-        last = m.end()
-    out.append(html.escape(text[last:]))
-    return "".join(out)
-
-
 def render_cost_html(inputs: CostInputs, projection: dict, *, title: str, png: bytes,
                      facts: ReportFacts | None = None, notes: list[str] = ()) -> str:
     """The same page as `render_cost_markdown` as one self-contained HTML file, `png` embedded."""
-    if not isinstance(png, (bytes, bytearray)) or not bytes(png).startswith(PNG_SIGNATURE):
-        raise ValueError("png must be the bytes of a PNG image (see figure_png)")
+    image = png_img(png, "monthly cost at the configured volume for each option, and against audio hours a month "
+                         "with the break-even marked")
     page = _page(inputs, projection, facts, title, notes)
-    e = _html_text
-    out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-           '<meta name="viewport" content="width=device-width, initial-scale=1">',
-           f"<title>{e(title)}</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
-           f"<h1>{e(title)}</h1>"]
+    e = text_html
+    out = [*page_head(title), f"<h1>{e(title)}</h1>"]
     out += [f'<p class="headline">{e(s)}</p>' for s in page["headline"]]
     out.append(f'<p class="label{" cpu" if page["is_cpu"] else ""}">{e(page["device_label"])}</p>')
     out += ["<h2>Side by side</h2>", "<table>", "<thead><tr>"]
@@ -536,10 +500,7 @@ def render_cost_html(inputs: CostInputs, projection: dict, *, title: str, png: b
         out.append(f'<tr><th scope="row">{e(label)}</th>' + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
     out += ["</tbody>", "</table>"]
     out += [f"<p>{e(s)}</p>" for s in page["after_table"]]
-    data = base64.b64encode(bytes(png)).decode("ascii")
-    out += ["<h2>Monthly cost by audio volume</h2>",
-            f'<img alt="monthly cost against audio hours a month for each option, break-even marked" '
-            f'src="data:image/png;base64,{data}">']
+    out += ["<h2>Monthly cost: at the configured volume, and by volume</h2>", image]
     out += ["<h2>Where every number comes from</h2>", "<table>",
             '<thead><tr><th scope="col">figure</th><th scope="col">value</th><th scope="col">source</th></tr></thead>',
             "<tbody>"]
@@ -552,13 +513,6 @@ def render_cost_html(inputs: CostInputs, projection: dict, *, title: str, png: b
         out += ["<h2>Notes</h2>", "<ul>"] + [f"<li>{e(n)}</li>" for n in page["notes"]] + ["</ul>"]
     out += ["</body>", "</html>"]
     return "\n".join(out) + "\n"
-
-
-def figure_png(fig: Figure, dpi: int = 110) -> bytes:
-    """The figure as PNG bytes (for embedding in the HTML page)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    return buffer.getvalue()
 
 
 def _money_tick(y: float, _pos) -> str:
