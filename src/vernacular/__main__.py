@@ -14,7 +14,17 @@ from vernacular.serving.cli import export_main, push_main
 from vernacular.serving.cli import main as transcribe_main
 
 
+SUBCOMMANDS = """Subcommands (each has --help):
+  vernacular transcribe FILES...   transcribe audio with a vertical's adapter (JSON lines on stdout)
+  vernacular export --out DIR      merge an adapter into its base model (transformers, CTranslate2)
+  vernacular push --repo-id ID     publish an adapter with its card to the Hugging Face Hub
+  vernacular [OPTIONS]             anything else runs the Kedro pipelines (`kedro run` options below)
+"""
+
+
 def main(*args, **kwargs) -> Any:
+    if not args and sys.argv[1:] in (["-h"], ["--help"]):
+        print(SUBCOMMANDS)
     if not args and len(sys.argv) > 1 and sys.argv[1] == "transcribe":
         sys.exit(transcribe_main(sys.argv[2:]))
     if not args and len(sys.argv) > 1 and sys.argv[1] == "export":

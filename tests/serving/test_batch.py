@@ -327,6 +327,7 @@ def test_plain_vernacular_still_runs_kedro():
                           cwd=REPO, env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "--pipeline" in done.stdout and "--load-versions" in done.stdout
+    assert all(f"vernacular {sub}" in done.stdout for sub in ("transcribe", "export", "push"))  # listed first
 
 
 # --- Kedro -------------------------------------------------------------------------------------
@@ -391,3 +392,32 @@ def test_kedro_transcribe_with_an_empty_inbox_succeeds_without_a_model(tmp_path,
         json.dumps({"name_or_path": "/nonexistent", "source": "local directory", "local_dir": "/nonexistent"}))
     summary = run_transcribe(root)
     assert summary["new_files"] == 0
+
+
+def test_cli_takes_folders_writes_to_an_output_folder_and_never_over_it(tmp_path, models_dir, speech_clips,
+                                                                        capsys, monkeypatch):
+    from vernacular.serving.cli import main
+
+    inbox = tmp_path / "calls"
+    fill_inbox(inbox / "monday", speech_clips, ["a.wav", "b.flac"])
+    fill_inbox(inbox / "tuesday", speech_clips, ["c.wav"])
+    (inbox / "notes.txt").write_text("not audio")
+    (inbox / ".partial.wav").write_bytes(b"\0" * 10)  # hidden: a file still being copied in
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(project_with_adapters(tmp_path, models_dir))
+    pinned = models_dir / "radiology" / "adapter" / VERSION_OLD / "adapter"
+    out = tmp_path / "results"
+    assert main(["--vertical", "radiology", "--adapter", str(pinned), "--device", "cpu", "--output", str(out),
+                 str(inbox), str(tmp_path / "empty")]) == 1  # the empty folder is an error record
+    captured = capsys.readouterr()
+    assert captured.out == "" and "4 files, 1 failed" in captured.err and "files: 100%" in captured.err
+    records = [json.loads(line) for line in (out / "transcripts.jsonl").read_text().splitlines()]
+    assert [Path(r["file"]).name for r in records] == ["a.wav", "b.flac", "c.wav", "empty"]
+    assert [r["status"] for r in records] == ["ok", "ok", "ok", "error"]
+    assert "is a directory" in records[3]["error"]
+
+    before = (out / "transcripts.jsonl").read_bytes()
+    assert main(["--vertical", "radiology", "--adapter", str(pinned), "--device", "cpu", "--output", str(out),
+                 str(inbox)]) == 2
+    assert "choose a new folder" in capsys.readouterr().err
+    assert (out / "transcripts.jsonl").read_bytes() == before

@@ -22,12 +22,13 @@ from typing import Callable, Iterable
 
 import numpy as np
 import soundfile as sf
+from tqdm.auto import tqdm
 
 from vernacular.common.config import build_settings
 from vernacular.common.fileio import exclusive_lock, file_key, write_text_atomically
 from vernacular.common.storage import version_of
 from vernacular.common.text import word_key
-from vernacular.data.audio import TARGET_SAMPLE_RATE, AudioError, read_audio
+from vernacular.data.audio import AUDIO_EXTENSIONS, TARGET_SAMPLE_RATE, AudioError, read_audio
 from vernacular.models.families import DecodeSettings
 from vernacular.models.loading import (adapter_speech_task, device_name, load_adapter, load_model, pick_device,
                                       speech_task, with_speech_task)
@@ -317,11 +318,30 @@ def transcribe_batch(transcriber: Transcriber, items: list[tuple[str, str]], run
     return records
 
 
-def transcribe_files(paths: Iterable[str], transcriber: Transcriber) -> Iterable[dict]:
-    """Transcribe files given by path (no ledger); yields one record per file, batch by batch."""
+def expand_inputs(paths: Iterable[str]) -> list[str]:
+    """Files to transcribe: each path as given, a folder replaced by the audio files under it
+    (recursively, sorted, hidden ones skipped). A folder without audio stays, and becomes an error record."""
+    files = []
+    for path in map(str, paths):
+        folder = Path(path)
+        if folder.is_dir():
+            found = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS
+                           and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+            files += found or [path]
+        else:
+            files.append(path)
+    return files
+
+
+def transcribe_files(paths: Iterable[str], transcriber: Transcriber, progress: bool = False) -> Iterable[dict]:
+    """Transcribe files given by path (no ledger); yields one record per file, batch by batch, with a
+    progress bar over the files on stderr when `progress`."""
     files = {str(p): str(p) for p in paths}
-    for batch in plan_batches(files, transcriber.settings):
-        yield from transcribe_batch(transcriber, batch)
+    with tqdm(total=len(files), desc="files", unit="file", disable=not progress) as bar:
+        for batch in plan_batches(files, transcriber.settings):
+            records = transcribe_batch(transcriber, batch)
+            bar.update(len(records))
+            yield from records
 
 
 def run_inbox(files: dict[str, str], results_dir: str | os.PathLike, load: Callable[[], Transcriber],

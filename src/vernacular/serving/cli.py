@@ -1,8 +1,10 @@
-"""`vernacular transcribe` and `vernacular export`: a trained adapter used and exported outside a Kedro run.
+"""`vernacular transcribe`, `export` and `push`: a trained adapter used, exported and published
+outside a Kedro run.
 
 Run from the project folder: the adapter and its base model are found through the project's
 catalog (`vernacular.catalog_datasets.ProjectCatalog`) unless given. `transcribe` prints one JSON
-line per file on stdout (the same records as the Kedro `transcribe` pipeline); logs go to stderr.
+line per file on stdout, or writes them to `--output DIR` (the same records as the Kedro
+`transcribe` pipeline); logs and the progress bar go to stderr.
 """
 
 from __future__ import annotations
@@ -20,14 +22,20 @@ from vernacular.models.export import QUANTIZATIONS, ExportError, export_adapter
 from vernacular.models.loading import (AdapterNotFoundError, adapter_speech_task, base_model_of_adapter,
                                       check_adapter_dir, resolve_base_model, with_speech_task)
 from vernacular.reporting.publish import PublishError, publish_warnings, push_adapter, stage_adapter
-from vernacular.serving.batch import BatchSettings, load_transcriber, transcribe_files
+from vernacular.serving.batch import BatchSettings, expand_inputs, load_transcriber, transcribe_files
+
+TRANSCRIPTS_FILE = "transcripts.jsonl"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vernacular transcribe",
                                      description="Transcribe audio files with a vertical's LoRA adapter "
                                                  "(merged into the base model); JSON lines on stdout.")
-    parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (WAV, FLAC, OGG, MP3)")
+    parser.add_argument("files", nargs="+", metavar="PATH",
+                        help="audio files (WAV, FLAC, OGG, MP3, ...) or folders of them (searched recursively)")
+    parser.add_argument("--output", type=Path, metavar="DIR",
+                        help="write the records to DIR/transcripts.jsonl (a new file) instead of stdout")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar over the files on stderr")
     parser.add_argument("--vertical", required=True, help="radiology, finance, accent, ...")
     parser.add_argument("--adapter", help="adapter directory (default: the latest version of the catalog "
                                           "entry <vertical>.adapter)")
@@ -84,9 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     project = Project(args.env)
     try:
+        if args.output and (args.output / TRANSCRIPTS_FILE).exists():
+            raise FileExistsError(f"--output {args.output}: {TRANSCRIPTS_FILE} is already there (an earlier run's "
+                                  "records are never overwritten); choose a new folder")
         adapter = project.adapter(args.adapter, args.vertical)
         base = resolve_base(args.base_model, adapter, args.vertical, project, "--base-model")
-    except (AdapterNotFoundError, FileNotFoundError, ValueError) as exc:
+    except (AdapterNotFoundError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"vernacular transcribe: {exc}", file=sys.stderr)
         return 2
     settings = BatchSettings(device=args.device, batch_size=args.batch_size, merge=not args.no_merge,
@@ -96,10 +107,32 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # a language the model cannot take
         print(f"vernacular transcribe: {exc}", file=sys.stderr)
         return 2
-    failed = 0
-    for record in transcribe_files(args.files, transcriber):
-        failed += record["status"] != "ok"
-        print(json.dumps(record, ensure_ascii=False), flush=True)
+    files = expand_inputs(args.files)
+    out = None
+    if args.output:
+        target = args.output / TRANSCRIPTS_FILE
+        try:
+            args.output.mkdir(parents=True, exist_ok=True)
+            out = open(target, "x", encoding="utf-8")  # never over an earlier run's records
+        except OSError as exc:
+            print(f"vernacular transcribe: --output {args.output}: {exc}; choose a new folder", file=sys.stderr)
+            return 2
+    failed = done = 0
+    try:
+        for record in transcribe_files(files, transcriber, progress=not args.no_progress):
+            failed += record["status"] != "ok"
+            done += 1
+            line = json.dumps(record, ensure_ascii=False)
+            if out:
+                out.write(line + "\n")
+                out.flush()
+            else:
+                print(line, flush=True)
+    finally:
+        if out:
+            out.close()
+    if out:
+        print(f"{done} files, {failed} failed: {args.output / TRANSCRIPTS_FILE}", file=sys.stderr)
     return 1 if failed else 0
 
 
