@@ -74,6 +74,11 @@ class StorageLayout:
         return self.root / "06_models" / "base"
 
     @property
+    def ct2_cache_dir(self) -> Path:
+        """CTranslate2 exports of the merged adapter for serving, one per adapter version and weight type."""
+        return self._layer("06_models") / "ct2"
+
+    @property
     def evaluation_cache_dir(self) -> Path:
         return self._layer("07_model_output") / "evaluation_cache"
 

@@ -29,10 +29,12 @@ from vernacular.common.fileio import exclusive_lock, file_key, write_text_atomic
 from vernacular.common.storage import version_of
 from vernacular.common.text import word_key
 from vernacular.data.audio import AUDIO_EXTENSIONS, TARGET_SAMPLE_RATE, AudioError, read_audio
-from vernacular.models.families import DecodeSettings
-from vernacular.models.loading import (adapter_speech_task, device_name, load_adapter, load_model, pick_device,
-                                      speech_task, with_speech_task)
+from vernacular.models.families import WHISPER, DecodeSettings, family_for
+from vernacular.models.loading import (adapter_speech_task, device_name, load_adapter, load_model, load_processor,
+                                      pick_device, speech_task, with_speech_task)
+from vernacular.serving.ct2 import CT2Settings, FasterWhisperModel, ct2_model_dir, export_quantization
 from vernacular.serving.decoding import transcribe
+from vernacular.serving.subtitles import SUBTITLE_FORMATS, subtitles
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,10 @@ RESULTS_FILE = "results.jsonl"
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
 LOCK_FILE = ".lock"
+SUBTITLES_DIR = "subtitles"
+
+
+BACKENDS = ("auto", "ctranslate2", "transformers")
 
 
 class RunInterrupted(RuntimeError):
@@ -65,10 +71,26 @@ class BatchSettings:
     language: str = ""
     decoding: DecodeSettings = field(default_factory=DecodeSettings)  # its batch_size is ignored: see above
     progress: bool = False
+    # auto: CTranslate2 (faster-whisper: int8, VAD, timestamps) for Whisper-family models, transformers
+    # for CTC and RNN-T; or name one. `decoding` and the chunk settings above are the transformers
+    # backend's; `ct2` is the CTranslate2 backend's.
+    backend: str = "auto"
+    ct2: CT2Settings = field(default_factory=CT2Settings)
+    subtitles: list[str] = field(default_factory=list)  # srt, vtt: beside each run's results (timed backends)
 
     def __post_init__(self) -> None:
         if isinstance(self.decoding, dict):
             self.decoding = DecodeSettings.from_dict(self.decoding, "transcription.decoding")
+        if isinstance(self.ct2, dict):
+            self.ct2 = CT2Settings.from_dict(self.ct2)
+        if self.backend not in BACKENDS:
+            raise ValueError(f"transcription.backend must be one of {list(BACKENDS)}, got {self.backend!r}")
+        unknown = [f for f in self.subtitles if f not in SUBTITLE_FORMATS]
+        if unknown:
+            raise ValueError(f"transcription.subtitles {unknown}: formats are {list(SUBTITLE_FORMATS)}")
+        if self.subtitles and self.backend == "transformers":
+            raise ValueError("transcription.subtitles need segment times, which the transformers backend does not "
+                             "give: use backend auto or ctranslate2")
         if not 1.0 <= self.chunk_seconds <= 30.0:
             raise ValueError(f"transcription.chunk_seconds must be in [1, 30] (Whisper's window), got "
                              f"{self.chunk_seconds}")
@@ -175,9 +197,26 @@ class Transcriber:
     adapter_version: str | None
     device_name: str
     language: str = "en"
+    served: FasterWhisperModel | None = None  # the CTranslate2 backend; None: transformers
 
-    def transcribe_audio(self, audios: list[np.ndarray]) -> list[tuple[str, int]]:
-        """(text, number of chunks) per recording; long recordings are chunked and joined."""
+    @property
+    def backend(self) -> str:
+        return "ctranslate2" if self.served else "transformers"
+
+    def transcribe_audio(self, audios: list[np.ndarray]) -> list[dict]:
+        """{"text", "chunks", "segments"} per recording. transformers: long recordings cut into chunks
+        and joined, no segments; CTranslate2: faster-whisper's VAD segments with their times."""
+        if self.served:
+            results = []
+            for audio in audios:
+                out = self.served.transcribe(audio)
+                results.append({"text": out["text"], "chunks": len(out["segments"]), "segments": out["segments"],
+                                "detected_language": out["language"]})
+            return results
+        return [{"text": text, "chunks": chunks, "segments": None}
+                for text, chunks in self._transformers(audios)]
+
+    def _transformers(self, audios: list[np.ndarray]) -> list[tuple[str, int]]:
         decoding = dataclasses.replace(self.settings.decoding, batch_size=self.settings.batch_size)
         pieces, owners = [], []
         for index, audio in enumerate(audios):
@@ -192,11 +231,38 @@ class Transcriber:
         return list(zip(joined, counts))
 
 
-def load_transcriber(base_model: dict, adapter_dir: str | None, settings: BatchSettings) -> Transcriber:
-    """Base model with the adapter merged into its weights (no LoRA overhead at inference)."""
+def resolve_backend(base_model: dict, settings: BatchSettings) -> str:
+    """ctranslate2 or transformers for this base model (`auto`: CTranslate2 for Whisper)."""
+    whisper = family_for(base_model) is WHISPER
+    if settings.backend == "ctranslate2" and not whisper:
+        raise ValueError(f"transcription.backend: ctranslate2 serves Whisper-family models only; "
+                         f"{base_model['name_or_path']} is {family_for(base_model).name}: use transformers or auto")
+    return "ctranslate2" if settings.backend == "ctranslate2" or (settings.backend == "auto" and whisper) \
+        else "transformers"
+
+
+def load_transcriber(base_model: dict, adapter_dir: str | None, settings: BatchSettings,
+                     ct2_cache_dir: str | os.PathLike | None = None) -> Transcriber:
+    """Base model with the adapter merged into its weights (no LoRA overhead at inference): on the
+    CTranslate2 backend, exported once into `ct2_cache_dir` (keyed by the adapter's weights) and
+    served by faster-whisper; on transformers, loaded and merged in memory."""
     device = pick_device(settings.device)
     trained_for = adapter_speech_task(adapter_dir) if adapter_dir else {}
     base_model = with_speech_task(base_model, settings.language or trained_for.get("language"), trained_for.get("task"))
+    if resolve_backend(base_model, settings) == "ctranslate2":
+        if ct2_cache_dir is None:
+            raise ValueError("the CTranslate2 backend needs a folder for its exports (ct2_cache_dir), or set "
+                             "transcription.backend: transformers")
+        # a model that cannot take the language stops here, before any export
+        family_for(base_model).set_speech_task(load_processor(base_model), None, *speech_task(base_model))
+        compute_type = settings.ct2.compute_type(device.type)
+        model_dir = ct2_model_dir(base_model, adapter_dir, ct2_cache_dir, export_quantization(compute_type))
+        language, task = speech_task(base_model)
+        served = FasterWhisperModel(model_dir, device.type, settings.ct2, None if language == "auto" else language,
+                                    task)
+        return Transcriber(None, None, device, settings, base_model["name_or_path"],
+                           str(adapter_dir) if adapter_dir else None, version_of(adapter_dir),
+                           f"{device_name(device)}, CTranslate2 {compute_type}", language, served)
     if adapter_dir:
         model, processor = load_adapter(base_model, adapter_dir, device, merge=settings.merge)
     else:
@@ -290,7 +356,8 @@ def transcribe_batch(transcriber: Transcriber, items: list[tuple[str, str]], run
     for file_id, path in items:
         size, mtime_ns = _ledger_key(path)
         record = {"file": file_id, "path": str(Path(path).resolve()), "size_bytes": size, "mtime_ns": mtime_ns,
-                  "text": None, "duration_s": None, "chunks": 0, "base_model": transcriber.base_model,
+                  "text": None, "duration_s": None, "chunks": 0, "segments": None, "backend": transcriber.backend,
+                  "base_model": transcriber.base_model,
                   "language": transcriber.language, "adapter_version": transcriber.adapter_version, "adapter_path": transcriber.adapter_path,
                   "device": transcriber.device_name, "seconds": None, "real_time_factor": None,
                   "status": "ok", "error": None, "run_id": run_id}
@@ -308,10 +375,10 @@ def transcribe_batch(transcriber: Transcriber, items: list[tuple[str, str]], run
         outputs = transcriber.transcribe_audio(audios)
         elapsed = time.perf_counter() - started
         total = sum(r["duration_s"] for r in readable)
-        for record, (text, chunks) in zip(readable, outputs):
+        for record, output in zip(readable, outputs):
             # The batch is timed as a whole; each file gets its share by audio length.
             seconds = elapsed * record["duration_s"] / total
-            record.update(text=text, chunks=chunks, seconds=seconds, real_time_factor=seconds / record["duration_s"])
+            record.update(output, seconds=seconds, real_time_factor=seconds / record["duration_s"])
     stamp = dt.datetime.now(tz=dt.timezone.utc).isoformat(timespec="seconds")
     for record in records:
         record["transcribed_at"] = stamp
@@ -342,6 +409,29 @@ def transcribe_files(paths: Iterable[str], transcriber: Transcriber, progress: b
             records = transcribe_batch(transcriber, batch)
             bar.update(len(records))
             yield from records
+
+
+def subtitle_name(file_id: str) -> str:
+    """A flat, safe file stem for a file id (`monday/call 1.wav` -> `monday__call 1`)."""
+    return str(Path(file_id).with_suffix("")).replace(os.sep, "__").replace("/", "__")
+
+
+def write_subtitle_files(records: list[dict], folder: Path, formats: Iterable[str],
+                         name: Callable[[dict], str] = lambda record: subtitle_name(record["file"])) -> list[Path]:
+    """One subtitle file per format for each record that has segments, named `name(record).<format>`
+    (a `-2`, `-3`, ... suffix where that name is taken: nothing is overwritten); written atomically."""
+    written = []
+    formats = list(formats)
+    for record in records:
+        if record.get("status") != "ok" or record.get("segments") is None or not formats:
+            continue
+        stem, n = name(record), 1
+        while any((folder / f"{stem}.{fmt}").exists() for fmt in formats):
+            n += 1
+            stem = f"{name(record)}-{n}"
+        for fmt in formats:
+            written.append(write_text_atomically(folder / f"{stem}.{fmt}", subtitles(record["segments"], fmt)))
+    return written
 
 
 def run_inbox(files: dict[str, str], results_dir: str | os.PathLike, load: Callable[[], Transcriber],
@@ -375,6 +465,7 @@ def run_inbox(files: dict[str, str], results_dir: str | os.PathLike, load: Calla
             if interrupt_after_batches is not None and number >= interrupt_after_batches:
                 raise RunInterrupted(f"interrupted in batch {number + 1} of {len(batches)} before writing it")
             _append_lines(run_dir / RESULTS_FILE, batch_records)
+            write_subtitle_files(batch_records, run_dir / SUBTITLES_DIR, settings.subtitles)
             records.extend(batch_records)
         summary = summarise(records, run_id=run_id, vertical=vertical, transcriber=transcriber,
                             already_done=skipped, started_at=started_at, load_seconds=load_seconds,
@@ -397,7 +488,7 @@ def summarise(records: list[dict], *, run_id: str, vertical: str, transcriber: T
             "longest_file_s": max((r["duration_s"] for r in ok), default=0.0),
             "chunks": sum(r["chunks"] for r in ok), "base_model": transcriber.base_model,
             "language": transcriber.language, "adapter_path": transcriber.adapter_path, "adapter_version": transcriber.adapter_version,
-            "merged": transcriber.settings.merge, "device": transcriber.device_name,
+            "merged": transcriber.settings.merge, "device": transcriber.device_name, "backend": transcriber.backend,
             "batch_size": transcriber.settings.batch_size, "results_file": results_file}
 
 
@@ -412,7 +503,7 @@ def render_summary(summary: dict) -> str:
              f"{'n/a' if rtf is None else f'{rtf:.3f}'}), {summary['model_load_seconds']:.1f} s loading, "
              f"{summary['wall_seconds']:.1f} s in all, on {summary['device']}",
              f"- model: {summary['base_model']} + adapter {summary['adapter_version'] or summary['adapter_path'] or 'none'}"
-             f" ({'merged' if summary['merged'] else 'unmerged'})",
+             f" ({'merged' if summary['merged'] else 'unmerged'}), {summary.get('backend', 'transformers')} backend",
              f"- results: `{summary['results_file']}`"]
     if summary["errors"]:
         lines += ["", "## Files that could not be transcribed", "", "| file | reason |", "|---|---|"]

@@ -22,7 +22,9 @@ from vernacular.models.export import QUANTIZATIONS, ExportError, export_adapter
 from vernacular.models.loading import (AdapterNotFoundError, adapter_speech_task, base_model_of_adapter,
                                       check_adapter_dir, resolve_base_model, with_speech_task)
 from vernacular.reporting.publish import PublishError, publish_warnings, push_adapter, stage_adapter
-from vernacular.serving.batch import BatchSettings, expand_inputs, load_transcriber, transcribe_files
+from vernacular.serving.batch import (BatchSettings, expand_inputs, load_transcriber, transcribe_files,
+                                     write_subtitle_files)
+from vernacular.serving.subtitles import SUBTITLE_FORMATS
 
 TRANSCRIPTS_FILE = "transcripts.jsonl"
 
@@ -35,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="audio files (WAV, FLAC, OGG, MP3, ...) or folders of them (searched recursively)")
     parser.add_argument("--output", type=Path, metavar="DIR",
                         help="write the records to DIR/transcripts.jsonl (a new file) instead of stdout")
+    parser.add_argument("--format", default="jsonl", help="comma-separated: jsonl (the records), srt, vtt "
+                                                          "(subtitles per file; need --output) (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar over the files on stderr")
     parser.add_argument("--vertical", required=True, help="radiology, finance, accent, ...")
     parser.add_argument("--adapter", help="adapter directory (default: the latest version of the catalog "
@@ -47,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=BatchSettings.batch_size)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     parser.add_argument("--no-merge", action="store_true", help="keep the adapter unmerged (slower)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "ctranslate2", "transformers"),
+                        help="auto (default): CTranslate2 via faster-whisper for Whisper models (int8 on CPU, "
+                             "VAD, timestamps), transformers for CTC/RNN-T")
     return parser
 
 
@@ -76,12 +83,15 @@ class Project:
             self._catalog = ProjectCatalog(self.env)
         return self._catalog
 
-    def base_model_cache_dir(self, vertical: str | None) -> Path:
-        """Where embedded base models are converted: the vertical's storage, or the default layout's
-        (data/06_models/base) outside a project folder."""
+    def storage(self, vertical: str | None) -> StorageLayout:
+        """The vertical's storage layout; outside a project folder, the default layout (data/...)."""
         if not Path("conf").is_dir():
-            return StorageLayout.for_vertical(vertical or "", None).base_model_cache_dir
-        return self.catalog().storage(vertical or "").base_model_cache_dir
+            return StorageLayout.for_vertical(vertical or "", None)
+        return self.catalog().storage(vertical or "")
+
+    def base_model_cache_dir(self, vertical: str | None) -> Path:
+        """Where embedded base models are converted (data/06_models/base by default)."""
+        return self.storage(vertical).base_model_cache_dir
 
     def adapter(self, given: str | None, vertical: str | None) -> str:
         return str(check_adapter_dir(given)) if given else self.catalog().latest_adapter(vertical)
@@ -91,7 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     project = Project(args.env)
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    subtitle_formats = [f for f in formats if f != "jsonl"]
     try:
+        if set(subtitle_formats) - set(SUBTITLE_FORMATS) or not formats:
+            raise ValueError(f"--format {args.format!r}: choose from jsonl, srt, vtt")
+        if subtitle_formats and not args.output:
+            raise ValueError("--format srt/vtt writes one file per recording: add --output DIR")
         if args.output and (args.output / TRANSCRIPTS_FILE).exists():
             raise FileExistsError(f"--output {args.output}: {TRANSCRIPTS_FILE} is already there (an earlier run's "
                                   "records are never overwritten); choose a new folder")
@@ -100,11 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     except (AdapterNotFoundError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"vernacular transcribe: {exc}", file=sys.stderr)
         return 2
-    settings = BatchSettings(device=args.device, batch_size=args.batch_size, merge=not args.no_merge,
-                             language=args.language or "")
     try:
-        transcriber = load_transcriber(base, adapter, settings)
-    except ValueError as exc:  # a language the model cannot take
+        settings = BatchSettings(device=args.device, batch_size=args.batch_size, merge=not args.no_merge,
+                                 language=args.language or "", backend=args.backend, subtitles=subtitle_formats)
+        transcriber = load_transcriber(base, adapter, settings, project.storage(args.vertical).ct2_cache_dir)
+    except ValueError as exc:  # a setting, or a language the model cannot take
         print(f"vernacular transcribe: {exc}", file=sys.stderr)
         return 2
     files = expand_inputs(args.files)
@@ -126,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             if out:
                 out.write(line + "\n")
                 out.flush()
+                write_subtitle_files([record], args.output, subtitle_formats, name=lambda r: Path(r["file"]).stem)
             else:
                 print(line, flush=True)
     finally:

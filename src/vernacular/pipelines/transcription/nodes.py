@@ -19,8 +19,9 @@ def transcribe_inbox(inbox: dict[str, Callable[[], Any]], base_model: dict, adap
     """
     files = {file_id: load() for file_id, load in inbox.items()}
     settings = BatchSettings.from_dict(transcription)
-    results_dir = StorageLayout.for_vertical(vertical, storage).transcriptions_dir
-    summary = run_inbox(files, results_dir, lambda: load_transcriber(base_model, adapter, settings),
+    layout = StorageLayout.for_vertical(vertical, storage)
+    summary = run_inbox(files, layout.transcriptions_dir,
+                        lambda: load_transcriber(base_model, adapter, settings, layout.ct2_cache_dir),
                         settings, vertical=vertical)
     if summary["new_files"]:
         log.info("%s: transcribed %d of %d new file(s) (%d failed), real-time factor %s, adapter %s -> %s",

@@ -1,0 +1,182 @@
+"""The CTranslate2 serving backend for Whisper-family adapters: the merged adapter exported once per
+adapter version (cached, keyed by the adapter's weights hash), served with faster-whisper.
+
+faster-whisper brings what the transformers path lacks: int8 inference on CPU, Silero VAD (packaged
+with faster-whisper, no download) to cut long recordings at speech boundaries, segment (and word)
+timestamps, and its guards against loops and hallucination (temperature fallback, compression
+ratio, log-probability and no-speech thresholds), all set from `transcription.ct2` in conf/.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vernacular.common.config import build_settings
+from vernacular.common.fileio import new_digest, sha256_file, write_new_directory
+from vernacular.models.export import CT2_SUBDIR, export_adapter
+from vernacular.models.loading import check_adapter_dir
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+CACHE_RECORD = "ct2_cache.json"
+QUANTIZATION_AUTO = {"cpu": "int8", "cuda": "int8_float16"}
+SAMPLE_RATE = 16000  # faster-whisper's, and the project's (vernacular.data.audio)
+
+
+@dataclass
+class CT2Settings:
+    """`transcription.ct2`: how faster-whisper serves the exported model."""
+
+    quantization: str = "auto"          # auto: int8 on CPU, int8_float16 on CUDA; or float16, float32, ...
+    cpu_threads: int = 0                # 0: CTranslate2's default (all cores)
+    beam_size: int = 1
+    batch_size: int = 8                 # speech segments decoded together (BatchedInferencePipeline)
+    vad_filter: bool = True             # Silero VAD: each stretch of speech is one segment, silence is skipped
+    min_silence_ms: int = 500           # VAD: a pause at least this long ends a speech segment
+    speech_pad_ms: int = 200            # VAD: audio kept on each side of the detected speech
+    temperatures: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])  # fallback
+    compression_ratio_threshold: float = 2.4   # above it the segment is a loop: decode again, hotter
+    log_prob_threshold: float = -1.0            # below it: decode again, hotter
+    no_speech_threshold: float = 0.6            # with a low log-prob above this: the segment is silence
+    condition_on_previous_text: bool = False    # True propagates a loop from one segment to the next
+    word_timestamps: bool = False               # words with times in each segment (slower)
+
+    def __post_init__(self) -> None:
+        if self.beam_size < 1 or self.batch_size < 1 or self.cpu_threads < 0 or self.min_silence_ms < 0 \
+                or self.speech_pad_ms < 0:
+            raise ValueError("transcription.ct2.beam_size and batch_size must be >= 1; cpu_threads, min_silence_ms "
+                             "and speech_pad_ms >= 0")
+        if not self.temperatures or any(t < 0 for t in self.temperatures):
+            raise ValueError("transcription.ct2.temperatures must be a non-empty list of values >= 0")
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "CT2Settings":
+        return build_settings(cls, values, "transcription.ct2")
+
+    def compute_type(self, device: str) -> str:
+        return QUANTIZATION_AUTO["cuda" if device == "cuda" else "cpu"] if self.quantization == "auto" \
+            else self.quantization
+
+
+def export_quantization(compute_type: str) -> str:
+    """The weight type to store: int8 weights serve int8 and int8_float16 alike."""
+    return "int8" if compute_type.startswith("int8") else compute_type
+
+
+def ct2_model_dir(base_model: dict, adapter_dir: str | os.PathLike | None, cache_root: str | os.PathLike,
+                  quantization: str) -> Path:
+    """The CTranslate2 copy of the base model with `adapter_dir` merged in, exported once into
+    `cache_root/<key>/` and reused: the key hashes the adapter's weights and config, the base model
+    and the weight type, so a new adapter version gets its own export and an unchanged one never
+    exports twice."""
+    digest = new_digest(f"ct2-v{CACHE_FORMAT}|{base_model['name_or_path']}|{base_model.get('local_dir')}|"
+                        f"{quantization}")
+    if adapter_dir is not None:
+        folder = check_adapter_dir(adapter_dir)
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            if (folder / name).is_file():
+                digest.update(f"|{name}={sha256_file(folder / name)}".encode())
+    target = Path(cache_root) / digest.hexdigest()[:20]
+    if (target / "model.bin").is_file():
+        return target
+    Path(cache_root).mkdir(parents=True, exist_ok=True)
+    log.info("exporting %s%s to CTranslate2 (%s) once, into %s", base_model["name_or_path"],
+             f" + adapter {adapter_dir}" if adapter_dir else "", quantization, target)
+
+    def write(tmp: Path) -> None:
+        with tempfile.TemporaryDirectory(dir=cache_root, prefix=".export-") as work:
+            if adapter_dir is not None:
+                record = export_adapter(base_model, adapter_dir, Path(work) / "out", ct2=True, quantization=quantization)
+            else:
+                record = _export_base(base_model, Path(work) / "out", quantization)
+            for item in (Path(work) / "out" / CT2_SUBDIR).iterdir():
+                item.rename(tmp / item.name)
+        (tmp / CACHE_RECORD).write_text(json.dumps({"format": CACHE_FORMAT, "quantization": quantization,
+                                                    "adapter": str(adapter_dir) if adapter_dir else None,
+                                                    "export": record}, indent=2, default=str) + "\n")
+
+    try:
+        write_new_directory(target, write)
+    except FileExistsError:  # another process exported the same key first: theirs is identical
+        pass
+    return target
+
+
+def _export_base(base_model: dict, out: Path, quantization: str) -> dict:
+    from vernacular.models.families import family_for
+    from vernacular.models.loading import load_model
+
+    model, processor, family = load_model(base_model, device="cpu")
+    model.save_pretrained(out / "transformers")
+    processor.save_pretrained(out / "transformers")
+    family.export_ct2(out / "transformers", out / CT2_SUBDIR, quantization)
+    return {"base_model": base_model["name_or_path"], "family": family_for(base_model).name}
+
+
+class FasterWhisperModel:
+    """faster-whisper on an exported model: one call transcribes one recording (any length)."""
+
+    def __init__(self, model_dir: str | os.PathLike, device: str, settings: CT2Settings, language: str | None,
+                 task: str = "transcribe"):
+        try:
+            from faster_whisper import BatchedInferencePipeline, WhisperModel
+        except ImportError as exc:  # a main dependency; this names the fix if an environment lost it
+            raise ImportError("the CTranslate2 backend needs faster-whisper: pip install 'faster-whisper==1.2.1', "
+                              "or set transcription.backend: transformers") from exc
+        self.settings, self.language, self.task = settings, language, task
+        self.compute_type = settings.compute_type(device)
+        self.model = WhisperModel(str(model_dir), device="cuda" if device == "cuda" else "cpu",
+                                  compute_type=self.compute_type, cpu_threads=settings.cpu_threads)
+        self.pipeline = BatchedInferencePipeline(self.model)
+
+    def speech_clips(self, audio: np.ndarray) -> list[dict] | None:
+        """The stretches of speech ({"start", "end"} in seconds, each at most 30 s) that become the
+        segments; None without VAD (then fixed 30-s windows)."""
+        if not self.settings.vad_filter:
+            return None
+        from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+        options = VadOptions(min_silence_duration_ms=self.settings.min_silence_ms,
+                             speech_pad_ms=self.settings.speech_pad_ms, max_speech_duration_s=30)
+        return [{"start": c["start"] / SAMPLE_RATE, "end": c["end"] / SAMPLE_RATE}
+                for c in get_speech_timestamps(audio, options)]
+
+    def transcribe(self, audio: np.ndarray) -> dict:
+        """{"text", "segments": [{"start", "end", "text", "avg_logprob", "no_speech_prob", "words"?}],
+        "language", "language_probability"} for one 16 kHz mono recording.
+
+        Each stretch of speech the VAD finds is decoded as one segment (batched), so a segment's times
+        are where the speech is; faster-whisper's own VAD mode joins stretches into 30-s windows, whose
+        timestamps tiny models predict poorly."""
+        s = self.settings
+        clips = self.speech_clips(audio)
+        if clips == []:  # no speech at all
+            return {"text": "", "segments": [], "language": self.language, "language_probability": None}
+        segments, info = self.pipeline.transcribe(
+            audio, language=self.language, task=self.task, beam_size=s.beam_size,
+            temperature=list(s.temperatures), compression_ratio_threshold=s.compression_ratio_threshold,
+            log_prob_threshold=s.log_prob_threshold, no_speech_threshold=s.no_speech_threshold,
+            condition_on_previous_text=s.condition_on_previous_text, word_timestamps=s.word_timestamps,
+            vad_filter=False, clip_timestamps=clips, batch_size=s.batch_size)
+        out = []
+        for seg in segments:
+            entry = {"start": round(float(seg.start), 3), "end": round(float(seg.end), 3), "text": seg.text.strip(),
+                     "avg_logprob": float(seg.avg_logprob), "no_speech_prob": float(seg.no_speech_prob)}
+            if s.word_timestamps:
+                entry["words"] = [{"start": round(float(w.start), 3), "end": round(float(w.end), 3),
+                                   "word": w.word.strip(), "probability": float(w.probability)}
+                                  for w in (seg.words or [])]
+            out.append(entry)
+        return {"text": " ".join(e["text"] for e in out if e["text"]), "segments": out,
+                "language": info.language, "language_probability": float(info.language_probability or 0.0)}
+
+    def describe(self) -> dict:
+        return {"backend": "ctranslate2", "compute_type": self.compute_type, **asdict(self.settings)}
