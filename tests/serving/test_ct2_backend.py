@@ -4,7 +4,6 @@ and the CLI's --format."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
