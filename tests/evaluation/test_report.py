@@ -231,7 +231,7 @@ def test_evaluation_html_page_leads_with_the_change_in_words_then_figures_then_s
     assert first == plain_headline(metrics, "radiology")[0]
     assert first.startswith("With the adapter, the word error rate on the radiology test set (6 recordings") and \
         f"{100 * overall['base']['estimate']:.1f}%" in first
-    assert "flagged" in parsed.paragraphs[1]  # the control set got worse by more than the margin
+    assert "flagged" in parsed.paragraphs[1] and "synthetic speech" in parsed.paragraphs[1]  # worse beyond the margin
     assert len(parsed.images) == 2 and all(src.startswith("data:image/png;base64,") for src in parsed.images)
     assert parsed.order.index("img") < parsed.order.index("table")  # figures before the statistics
     assert "<th>metric</th>" in page and "Sign test" in page
@@ -256,3 +256,13 @@ def test_plain_headline_says_better_worse_or_no_reliable_change():
     assert "interval includes no change" in unclear and "-4.0 to +2.0" in unclear
     (tiny,) = plain_headline(metrics(None, None, -0.01), "accent")
     assert "too few recordings for an interval" in tiny
+
+    def control(change, flagged):
+        return {**metrics(-0.16, -0.08, -0.12), "forgetting": {
+            "enabled": True, "n_utterances": 10, "wer_change_pts": change, "flagged": flagged, "margin_pts": 2.0,
+            "base": {"wer": 0.10}, "adapter": {"wer": 0.10 + change / 100}, "source": "manifest fleurs-en-*.ogg"}}
+
+    assert "fell from 10.0% to 5.0%: nothing lost" in plain_headline(control(-5.0, False), "accent")[1]
+    assert "within the 2-point margin" in plain_headline(control(1.0, False), "accent")[1]
+    assert "rose from 10.0% to 15.0%: worse by more than" in plain_headline(control(5.0, True), "accent")[1]
+    assert "synthetic" not in plain_headline(control(1.0, False), "accent")[1]

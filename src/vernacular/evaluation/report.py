@@ -200,11 +200,20 @@ def plain_headline(metrics: dict, vertical: str) -> list[str]:
     sentences = [text]
     forgetting = metrics.get("forgetting") or {}
     if forgetting.get("enabled"):
-        sentences.append(
-            f"On ordinary speech it was not trained for ({forgetting['n_utterances']} recordings of the control set) "
-            f"the word error rate went from {_pct(forgetting['base']['wer'])} to {_pct(forgetting['adapter']['wer'])}"
-            + (f": worse by more than the {forgetting['margin_pts']:g}-point margin, flagged."
-               if forgetting["flagged"] else f", within the {forgetting['margin_pts']:g}-point margin."))
+        change = forgetting.get("wer_change_pts") or 0.0
+        before, after = _pct(forgetting["base"]["wer"]), _pct(forgetting["adapter"]["wer"])
+        where = f"On ordinary speech it was not trained for ({forgetting['n_utterances']} recordings of the control set)"
+        if forgetting["flagged"]:
+            text = (f"{where} the word error rate rose from {before} to {after}: worse by more than the "
+                    f"{forgetting['margin_pts']:g}-point margin, flagged.")
+        elif change < 0:
+            text = f"{where} the word error rate fell from {before} to {after}: nothing lost there."
+        else:
+            text = (f"{where} the word error rate went from {before} to {after}, within the "
+                    f"{forgetting['margin_pts']:g}-point margin.")
+        if str(forgetting.get("source", "")).startswith("synthetic"):
+            text += " That control set is synthetic speech, so it says little about real voices."
+        sentences.append(text)
     return sentences
 
 
