@@ -427,6 +427,24 @@ def test_base_and_merged_adapter_are_priced_from_one_timing_and_the_page_explain
         assert "Break-even, in words: each audio hour self-hosted instead of sent to the vendor saves" in text
 
 
+def test_the_cost_uses_the_serving_paths_speed_when_the_evaluation_measured_it(tmp_path):
+    from vernacular.pipelines.reporting.nodes import report_costs
+
+    training, evaluation = run_metrics(tmp_path)
+    evaluation["served"] = {"backend": "ctranslate2", "compute_type": "int8", "device": "cpu (2 cores), CTranslate2 int8",
+                            "wer": 0.204, "wer_fp32": 0.2, "wer_change_pts": 0.4, "within_half_point": True,
+                            "latency": {"segments": 3, "repeats": 2, "mean_segment_seconds": 25.0,
+                                        "seconds_per_segment": 0.5, "real_time_factor": 0.02}}
+    markdown, _, page, metrics = report_costs(training, evaluation, prices(), COST, "accent")
+    inputs = metrics["inputs"]
+    assert inputs["inference_rtf"] == inputs["base_inference_rtf"] == 0.02
+    cpu_usd = prices()["device_hour_usd"]["cpu"]["usd"]
+    assert metrics["projection"]["self_hosted_usd_per_month"] == pytest.approx(10000 * 0.02 * cpu_usd)
+    for text in (markdown, page):
+        assert "the served model (ctranslate2 int8" in text and "transformers fp32 figures were 0.1" in text
+        assert "Priced at the serving path" in text and "Served WER 20.4% vs 20.0% in fp32" in text
+
+
 def test_report_node_gpu_run_uses_the_card_price_and_name(tmp_path):
     from vernacular.pipelines.reporting.nodes import report_costs
 

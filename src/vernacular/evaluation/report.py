@@ -107,7 +107,18 @@ def render_summary(metrics: dict, training: dict, vertical: str) -> str:
         label = {"adapter": "adapter merged"}.get(name, name.replace("_", " "))
         lines.append(f"| {label} | {lat[name]['seconds_per_segment']:.2f} | {lat[name]['real_time_factor']:.3f} |")
     lines += ["", f"Merged and unmerged adapter transcripts identical on these segments: "
-              f"{lat['merged_equals_unmerged']}.", "", "## Adapter training", "",
+              f"{lat['merged_equals_unmerged']}."]
+    served = metrics.get("served")
+    if served:
+        change = served["wer_change_pts"]
+        lines += ["", f"## Served model ({served['backend']} {served['compute_type']}, as batch transcription runs it)",
+                  "", f"WER (normalised) {_pct(served['wer'])} against {_pct(served['wer_fp32'])} for the merged fp32 "
+                  f"adapter above ({'n/a' if change is None else f'{change:+.1f}'} pts; "
+                  + ("within" if served["within_half_point"] else "**more than**") + " the 0.5-point allowance). "
+                  f"Latency {served['latency']['seconds_per_segment']:.2f} s per ~"
+                  f"{served['latency']['mean_segment_seconds']:.0f}-s segment (real-time factor "
+                  f"{served['latency']['real_time_factor']:.3f}, batch 1) on {served['device']}; the cost page uses it."]
+    lines += ["", "## Adapter training", "",
               f"- trainable parameters: {training['trainable_params']:,} of {training['total_params']:,} "
               f"({100 * training['trainable_fraction']:.2f}%)",
               f"- {training['steps']} steps, {training['train_examples']} training utterances, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,12 +20,13 @@ from vernacular.data.audio import TARGET_SAMPLE_RATE, read_audio
 from vernacular.data.corpus import load_sentences
 from vernacular.data.manifest import default_root, read_manifest, resolve_rows
 from vernacular.data.synth import render
-from vernacular.evaluation.metrics import (PAIRED_TEST, compare_systems, evaluate, forgetting_check, normalise,
-                                           per_utterance_errors, term_recall, worst_groups)
+from vernacular.evaluation.metrics import (PAIRED_TEST, compare_systems, error_rates, evaluate, forgetting_check,
+                                           normalise, per_utterance_errors, term_recall, worst_groups)
 from vernacular.evaluation.plots import plot_group_wer, plot_utterance_scatter
 from vernacular.evaluation.report import headline, render_summary
 from vernacular.models.families import DecodeSettings
 from vernacular.models.loading import device_name, load_adapter, load_model, pick_device, speech_task
+from vernacular.serving.batch import BatchSettings, load_transcriber, resolve_backend
 from vernacular.serving.decoding import build_segments, measure_latency, transcribe
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,9 @@ class EvaluationSettings:
     forgetting: ForgettingSettings = field(default_factory=lambda: ForgettingSettings())
     forgetting_margin: float = 2.0  # percentage points of WER the adapter may lose on general speech
     reuse_cached: bool = True  # a rerun with the same model, adapter weights, test rows and settings reuses the result
+    # Also transcribe and time the test set with the served model (the transcription block's backend,
+    # e.g. CTranslate2 int8): its WER beside the fp32 one, and the real-time factor the cost page uses.
+    serving_check: bool = True
 
     def __post_init__(self) -> None:
         self.key_terms = [str(t) for t in (self.key_terms or [])]
@@ -139,13 +144,42 @@ def _read_rows(rows: pd.DataFrame) -> list:
     return audios
 
 
+def serving_check(base_model: dict, adapter_dir: str, serving: BatchSettings, ct2_cache_dir, audios: list,
+                  segments: list, repeats: int) -> tuple[list[str], dict] | None:
+    """The adapter as batch transcription serves it, on the same test clips and latency segments:
+    (texts, {"backend", "compute_type", "device", "batch_seconds", "latency"}); None when the
+    transcription backend is transformers (the fp32 figures are then the serving path's already)."""
+    if resolve_backend(base_model, serving) != "ctranslate2":
+        return None
+    served = load_transcriber(base_model, adapter_dir, serving, ct2_cache_dir)
+    started = time.perf_counter()
+    texts = [served.served.transcribe(audio)["text"] for audio in audios]
+    batch_seconds = time.perf_counter() - started
+    served.served.transcribe(segments[0])  # warm-up, as for the transformers timings
+    times = []
+    for _ in range(repeats):
+        for segment in segments:
+            started = time.perf_counter()
+            served.served.transcribe(segment)
+            times.append(time.perf_counter() - started)
+    mean_segment = sum(len(s) for s in segments) / len(segments) / TARGET_SAMPLE_RATE
+    median = statistics.median(times)
+    return texts, {"backend": served.backend, "compute_type": served.served.compute_type, "device": served.device_name,
+                   "batch_seconds": batch_seconds,
+                   "latency": {"segments": len(segments), "repeats": repeats, "mean_segment_seconds": mean_segment,
+                               "seconds_per_segment": median, "real_time_factor": median / mean_segment}}
+
+
 def evaluate_adapter(test: pd.DataFrame, base_model: dict, adapter_dir: str,
                      settings: EvaluationSettings, control_cache_dir: str | Path | None = None,
-                     exclude_texts=()) -> tuple[dict, pd.DataFrame]:
+                     exclude_texts=(), serving: BatchSettings | None = None,
+                     ct2_cache_dir: str | Path | None = None) -> tuple[dict, pd.DataFrame]:
     """Transcribe `test` with the base model and with the merged adapter; return (metrics, transcripts).
 
     With `settings.forgetting.enabled`, also a general-speech control set (see `control_set`;
-    cached under `control_cache_dir` unless `forgetting.cache_dir` is set).
+    cached under `control_cache_dir` unless `forgetting.cache_dir` is set). With `serving` (the
+    transcription settings) and `settings.serving_check`, also the served model (`serving_check`):
+    `metrics["served"]`, and its transcripts in the `served` column.
     """
     if test.empty:
         raise ValueError("the test split is empty: nothing to evaluate (check split fractions and quarantine)")
@@ -190,6 +224,20 @@ def evaluate_adapter(test: pd.DataFrame, base_model: dict, adapter_dir: str,
         metrics[name]["batch_real_time_factor"] = results[name + "_seconds"] / audio_seconds
     metrics["latency"] = latency
     metrics["latency"]["merged_equals_unmerged"] = merged_texts == unmerged_texts
+    checked = serving_check(base_model, adapter_dir, serving, ct2_cache_dir, audios, segments,
+                            settings.latency_repeats) if serving is not None and settings.serving_check else None
+    if checked:
+        texts, served = checked
+        transcripts["served"] = texts
+        norm = settings.normaliser
+        rates = error_rates([normalise(t, norm) for t in transcripts["reference"]],
+                            [normalise(t, norm) for t in texts])
+        fp32 = metrics["adapter"]["normalised"]["wer"]
+        served.update(wer=rates["wer"], cer=rates["cer"], wer_fp32=fp32,
+                      wer_change_pts=100 * (rates["wer"] - fp32) if rates["wer"] is not None else None)
+        served["within_half_point"] = served["wer_change_pts"] is not None and served["wer_change_pts"] <= 0.5
+        served["batch_real_time_factor"] = served["batch_seconds"] / audio_seconds
+        metrics["served"] = served
 
     forgetting = settings.forgetting
     metrics["forgetting"] = {"enabled": forgetting.enabled}
@@ -221,11 +269,11 @@ def evaluate_adapter(test: pd.DataFrame, base_model: dict, adapter_dir: str,
 
 
 def evaluation_fingerprint(test: pd.DataFrame, base_model: dict, adapter_dir: str, settings: EvaluationSettings,
-                           device: str, exclude_texts=()) -> str:
+                           device: str, exclude_texts=(), serving: BatchSettings | None = None) -> str:
     """Hash of everything an evaluation result depends on: base weights, adapter weights, test rows
     (with their audio files' size and time), settings, device type and the excluded sentences."""
     language, task = speech_task(base_model)
-    digest = new_digest(f"eval-v3|{base_model['name_or_path']}|{base_model.get('family')}|{language}|{task}|{device}")
+    digest = new_digest(f"eval-v4|{base_model['name_or_path']}|{base_model.get('family')}|{language}|{task}|{device}")
     if base_model.get("local_dir"):
         update_with_files(digest, Path(base_model["local_dir"]), ("config.json", "*.safetensors", "*.bin"))
     update_with_files(digest, Path(adapter_dir), ("adapter_config.json", "adapter_model.*"))
@@ -235,28 +283,34 @@ def evaluation_fingerprint(test: pd.DataFrame, base_model: dict, adapter_dir: st
         size, mtime_ns = file_key(row["audio_path"])
         digest.update(f"{row['utterance_id']}|{row['text']}|{row['audio_path']}|{size}|{mtime_ns}\n".encode())
     digest.update(json.dumps(sorted(sentence_key(t) for t in exclude_texts)).encode())
+    if serving is not None and settings.serving_check:
+        digest.update(json.dumps(asdict(serving), sort_keys=True, default=str).encode())
     return digest.hexdigest()[:20]
 
 
 def evaluate_adapter_cached(test: pd.DataFrame, base_model: dict, adapter_dir: str, settings: EvaluationSettings,
                             cache_dir: str | Path | None, control_cache_dir: str | Path | None = None,
-                            exclude_texts=()) -> tuple[dict, pd.DataFrame]:
+                            exclude_texts=(), serving: BatchSettings | None = None,
+                            ct2_cache_dir: str | Path | None = None) -> tuple[dict, pd.DataFrame]:
     """`evaluate_adapter`, reusing the stored result of an identical earlier evaluation.
 
     The result is stored under `cache_dir/<fingerprint>/` (see `evaluation_fingerprint`). A reused
     result says so in `metrics["reused_from"]`; its latency figures are those measured then.
     """
     if cache_dir is None or not settings.reuse_cached:
-        return evaluate_adapter(test, base_model, adapter_dir, settings, control_cache_dir, exclude_texts)
+        return evaluate_adapter(test, base_model, adapter_dir, settings, control_cache_dir, exclude_texts, serving,
+                                ct2_cache_dir)
     device = pick_device(settings.device).type
-    key = evaluation_fingerprint(test, base_model, adapter_dir, settings, device, exclude_texts)
+    key = evaluation_fingerprint(test, base_model, adapter_dir, settings, device, exclude_texts, serving)
     entry = Path(cache_dir) / key
     if (entry / "metrics.json").is_file() and (entry / "transcripts.json").is_file():
         metrics = json.loads((entry / "metrics.json").read_text())
         metrics["reused_from"] = str(entry)
         log.info("evaluation unchanged (same base, adapter weights, test rows and settings): reusing %s", entry)
         return metrics, pd.read_json(entry / "transcripts.json", orient="table")
-    metrics, transcripts = evaluate_adapter(test, base_model, adapter_dir, settings, control_cache_dir, exclude_texts)
+    metrics, transcripts = evaluate_adapter(test, base_model, adapter_dir, settings, control_cache_dir, exclude_texts,
+                                            serving, ct2_cache_dir)
+
     def write(tmp: Path) -> None:
         (tmp / "metrics.json").write_text(json.dumps(metrics, default=str))
         transcripts.to_json(tmp / "transcripts.json", orient="table", index=False)
@@ -340,13 +394,15 @@ def _examples(transcripts: pd.DataFrame, n: int) -> list[dict]:
 
 
 def evaluate_vertical(manifest: pd.DataFrame, base_model: dict, adapter: str, training_metrics: dict,
-                      settings: EvaluationSettings, vertical: str, evaluation_cache_dir, control_dir):
+                      settings: EvaluationSettings, vertical: str, evaluation_cache_dir, control_dir,
+                      serving: BatchSettings | None = None, ct2_cache_dir=None):
     """(metrics JSON, Markdown summary, per-utterance transcripts, WER-per-group figure, scatter figure)."""
     test = manifest[manifest["split"] == "test"]
     # The forgetting check must not score sentences the adapter was trained on.
     seen = manifest.loc[manifest["split"] != "test", "text"].astype(str).tolist()
     metrics, transcripts = evaluate_adapter_cached(test, base_model, adapter, settings, cache_dir=evaluation_cache_dir,
-                                                   control_cache_dir=control_dir, exclude_texts=seen)
+                                                   control_cache_dir=control_dir, exclude_texts=seen, serving=serving,
+                                                   ct2_cache_dir=ct2_cache_dir)
     metrics["vertical"] = vertical
     metrics["adapter_path"] = adapter
     metrics["training_run"] = training_metrics["run_id"]
