@@ -83,7 +83,8 @@ def test_evaluation_reports_base_and_adapter(project):
         assert metrics["latency"][name]["seconds_per_segment"] > 0
     assert isinstance(metrics["latency"]["merged_equals_unmerged"], bool)
     transcripts = pd.read_csv(latest(root / "data/07_model_output/radiology/test_transcripts.csv"))
-    assert list(transcripts.columns[-3:]) == ["reference", "base", "adapter"] and len(transcripts) == 4
+    assert list(transcripts.columns[-4:]) == ["reference", "base", "adapter", "served"] and len(transcripts) == 4
+    assert metrics["served"]["backend"] == "ctranslate2" and metrics["served"]["latency"]["real_time_factor"] > 0
     summary = latest(root / "data/08_reporting/radiology/eval_summary.md").read_text()
     assert "WER (normalised)" in summary and "whisper_english" in summary
     page = latest(root / "data/08_reporting/radiology/eval_report.html").read_text()
