@@ -24,7 +24,7 @@ from pathlib import Path
 from vernacular.common.fileio import sha256_file, write_new_directory
 from vernacular.models.families import WHISPER, family_for
 from vernacular.models.loading import (ADAPTER_CARD, AdapterNotFoundError, adapter_card, check_adapter_dir, load_adapter,
-                                       speech_task)
+                                       load_model, speech_task)
 
 EXPORT_RECORD = "export.json"
 TRANSFORMERS_SUBDIR = "transformers"
@@ -77,16 +77,18 @@ def export_ct2(model_dir: str | os.PathLike, out_dir: str | os.PathLike, quantiz
     return write_new_directory(out_dir, write)
 
 
-def export_adapter(base_model: dict, adapter_dir: str | os.PathLike, out_dir: str | os.PathLike,
+def export_adapter(base_model: dict, adapter_dir: str | os.PathLike | None, out_dir: str | os.PathLike,
                    ct2: bool = False, quantization: str = "float32") -> dict:
-    """Merge `adapter_dir` into `base_model` and write OUT/transformers (+ OUT/ct2) and OUT/export.json.
+    """Merge `adapter_dir` into `base_model` and write OUT/transformers (+ OUT/ct2) and OUT/export.json;
+    `adapter_dir=None` exports the base model alone.
 
     Returns the export record, with the written paths under "paths".
     """
-    try:
-        adapter_dir = check_adapter_dir(adapter_dir)
-    except AdapterNotFoundError as exc:
-        raise ExportError(str(exc)) from exc
+    if adapter_dir is not None:
+        try:
+            adapter_dir = check_adapter_dir(adapter_dir)
+        except AdapterNotFoundError as exc:
+            raise ExportError(str(exc)) from exc
     family = family_for(base_model)
     if ct2:
         _check_quantization(quantization)
@@ -98,7 +100,10 @@ def export_adapter(base_model: dict, adapter_dir: str | os.PathLike, out_dir: st
     record: dict = {}
 
     def write(tmp: Path) -> None:
-        model, processor = load_adapter(base_model, adapter_dir, device="cpu", merge=True)
+        if adapter_dir is None:
+            model, processor, _ = load_model(base_model, device="cpu")
+        else:
+            model, processor = load_adapter(base_model, adapter_dir, device="cpu", merge=True)
         model.save_pretrained(tmp / TRANSFORMERS_SUBDIR)
         processor.save_pretrained(tmp / TRANSFORMERS_SUBDIR)
         paths = {"transformers": str(out_dir / TRANSFORMERS_SUBDIR)}
@@ -108,21 +113,21 @@ def export_adapter(base_model: dict, adapter_dir: str | os.PathLike, out_dir: st
             except ValueError as exc:
                 raise ExportError(str(exc)) from exc
             paths["ct2"] = str(out_dir / CT2_SUBDIR)
-        card = adapter_card(adapter_dir)
+        card = adapter_card(adapter_dir) if adapter_dir is not None else None
         if card:  # the adapter's card (provenance, test results) travels with the merged model
             shutil.copyfile(card, tmp / ADAPTER_CARD)
             paths["card"] = str(out_dir / ADAPTER_CARD)
-        weights = adapter_dir / "adapter_model.safetensors"
+        weights = adapter_dir / "adapter_model.safetensors" if adapter_dir is not None else None
         record.update({
-            "adapter": str(adapter_dir.resolve()),
-            "adapter_sha256": sha256_file(weights) if weights.is_file() else None,
+            "adapter": str(adapter_dir.resolve()) if adapter_dir is not None else None,
+            "adapter_sha256": sha256_file(weights) if weights is not None and weights.is_file() else None,
             "base_model": {k: base_model.get(k) for k in ("name_or_path", "source", "local_dir")},
             "family": family.name,
             # generation_config.json of OUT/transformers holds them too; faster-whisper needs them
             # passed: WhisperModel("OUT/ct2").transcribe(audio, language=..., task=...)
             "language": speech_task(base_model)[0],
             "task": speech_task(base_model)[1],
-            "merged": True,
+            "merged": adapter_dir is not None,
             "num_parameters": sum(p.numel() for p in model.parameters()),
             "ct2_quantization": quantization if ct2 else None,
             "created_utc": _now(),

@@ -20,6 +20,7 @@ import numpy as np
 
 from vernacular.common.config import build_settings
 from vernacular.common.fileio import new_digest, sha256_file, write_new_directory
+from vernacular.data.audio import TARGET_SAMPLE_RATE  # faster-whisper's rate too
 from vernacular.models.export import CT2_SUBDIR, export_adapter
 from vernacular.models.loading import check_adapter_dir
 
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 CACHE_RECORD = "ct2_cache.json"
 QUANTIZATION_AUTO = {"cpu": "int8", "cuda": "int8_float16"}
-SAMPLE_RATE = 16000  # faster-whisper's, and the project's (vernacular.data.audio)
 
 
 @dataclass
@@ -93,10 +93,7 @@ def ct2_model_dir(base_model: dict, adapter_dir: str | os.PathLike | None, cache
 
     def write(tmp: Path) -> None:
         with tempfile.TemporaryDirectory(dir=cache_root, prefix=".export-") as work:
-            if adapter_dir is not None:
-                record = export_adapter(base_model, adapter_dir, Path(work) / "out", ct2=True, quantization=quantization)
-            else:
-                record = _export_base(base_model, Path(work) / "out", quantization)
+            record = export_adapter(base_model, adapter_dir, Path(work) / "out", ct2=True, quantization=quantization)
             for item in (Path(work) / "out" / CT2_SUBDIR).iterdir():
                 item.rename(tmp / item.name)
         (tmp / CACHE_RECORD).write_text(json.dumps({"format": CACHE_FORMAT, "quantization": quantization,
@@ -108,17 +105,6 @@ def ct2_model_dir(base_model: dict, adapter_dir: str | os.PathLike | None, cache
     except FileExistsError:  # another process exported the same key first: theirs is identical
         pass
     return target
-
-
-def _export_base(base_model: dict, out: Path, quantization: str) -> dict:
-    from vernacular.models.families import family_for
-    from vernacular.models.loading import load_model
-
-    model, processor, family = load_model(base_model, device="cpu")
-    model.save_pretrained(out / "transformers")
-    processor.save_pretrained(out / "transformers")
-    family.export_ct2(out / "transformers", out / CT2_SUBDIR, quantization)
-    return {"base_model": base_model["name_or_path"], "family": family_for(base_model).name}
 
 
 class FasterWhisperModel:
@@ -146,7 +132,7 @@ class FasterWhisperModel:
 
         options = VadOptions(min_silence_duration_ms=self.settings.min_silence_ms,
                              speech_pad_ms=self.settings.speech_pad_ms, max_speech_duration_s=30)
-        return [{"start": c["start"] / SAMPLE_RATE, "end": c["end"] / SAMPLE_RATE}
+        return [{"start": c["start"] / TARGET_SAMPLE_RATE, "end": c["end"] / TARGET_SAMPLE_RATE}
                 for c in get_speech_timestamps(audio, options)]
 
     def transcribe(self, audio: np.ndarray) -> dict:
