@@ -139,12 +139,13 @@ def test_scatter_has_one_point_per_scored_utterance(metrics):
 
 def test_control_set_is_cached_and_skips_training_sentences(tmp_path):
     settings = ForgettingSettings(sentences=3, voice="en-us")
-    first = control_set(settings, tmp_path)
+    first, origin = control_set(settings, tmp_path)
+    assert origin["kind"] == "synthetic" and set(first["control_set"]) == {"synthetic-en-us"}
     assert len(first) == 3 and all(p.endswith(".wav") for p in first["audio_path"])
     stamps = {p: __import__("os").stat(p).st_mtime_ns for p in first["audio_path"]}
-    again = control_set(settings, tmp_path)
+    again, _ = control_set(settings, tmp_path)
     assert again.equals(first) and all(__import__("os").stat(p).st_mtime_ns == t for p, t in stamps.items())
-    skipped = control_set(settings, tmp_path, exclude_texts=[first["text"][0].upper()], limit=2)
+    skipped, _ = control_set(settings, tmp_path, exclude_texts=[first["text"][0].upper()], limit=2)
     assert len(skipped) == 2 and first["text"][0] not in set(skipped["text"])
     assert skipped["text"][0] == first["text"][1]
 
@@ -154,7 +155,8 @@ def test_control_set_from_a_manifest(tmp_path):
 
     write_wav(tmp_path / "a.wav", synthesize("Good morning everyone.", "en-us"))
     (tmp_path / "manifest.csv").write_text("audio_path,text\na.wav,Good morning everyone.\na.wav,\n")
-    rows = control_set(ForgettingSettings(manifest=str(tmp_path / "manifest.csv")), tmp_path / "unused")
+    rows, origin = control_set(ForgettingSettings(manifest=str(tmp_path / "manifest.csv")), tmp_path / "unused")
+    assert origin["kind"] == "real" and origin["sets"] == ["manifest.csv"]
     assert rows["text"].tolist() == ["Good morning everyone."]
     assert rows["audio_path"][0] == str((tmp_path / "a.wav").resolve())
 
@@ -165,8 +167,8 @@ def test_control_set_from_real_fleurs_english_clips_and_a_clip_without_transcrip
     fleurs = SHARED_DATA / "fleurs-mini"
     if not fleurs.is_dir():
         pytest.skip(f"{fleurs} not found (shared data sits beside the repository)")
-    rows = control_set(ForgettingSettings(manifest=str(fleurs / "fleurs-en-*.ogg"), manifest_format="sidecar"),
-                       tmp_path / "unused")
+    rows, _ = control_set(ForgettingSettings(manifest=str(fleurs / "fleurs-en-*.ogg"), manifest_format="sidecar"),
+                          tmp_path / "unused")
     assert len(rows) == 10 and all(name.startswith("fleurs-en-") for name in rows["utterance_id"])
     assert all(Path(p).read_bytes()[:4] == b"OggS" for p in rows["audio_path"])
     assert rows["text"].tolist() == [(fleurs / f"{u}.txt").read_text().strip() for u in rows["utterance_id"]]
@@ -176,9 +178,45 @@ def test_control_set_from_real_fleurs_english_clips_and_a_clip_without_transcrip
         shutil.copy(source, tmp_path / source.name)
     (tmp_path / "fleurs-en-000.txt").unlink()
     with caplog.at_level("WARNING"):
-        rows = control_set(ForgettingSettings(manifest=str(tmp_path), manifest_format="sidecar"), tmp_path / "unused")
+        rows, _ = control_set(ForgettingSettings(manifest=str(tmp_path), manifest_format="sidecar"),
+                              tmp_path / "unused")
     assert rows["utterance_id"].tolist() == ["fleurs-en-001"]
     assert "1 entries left out" in caplog.text and "fleurs-en-000" in caplog.text
+
+
+def _sidecar_corpus(folder: Path, sentences: list[str]) -> Path:
+    from vernacular.data.synth import synthesize, write_wav
+
+    folder.mkdir(parents=True)
+    for i, text in enumerate(sentences):
+        write_wav(folder / f"clip-{i}.wav", synthesize(text, "en-gb-x-rp"))
+        (folder / f"clip-{i}.txt").write_text(text)
+    return folder
+
+
+def test_control_sets_use_those_present_skip_training_text_and_name_each(tmp_path):
+    a = _sidecar_corpus(tmp_path / "a", ["The train was late.", "We walked home.", "It rained all day."])
+    b = _sidecar_corpus(tmp_path / "b", ["Close the door."])
+    settings = ForgettingSettings.from_dict({
+        "sets": [{"path": str(a), "format": "sidecar"}, {"path": str(b / "*.wav"), "format": "sidecar", "name": "bee"},
+                 {"path": str(tmp_path / "absent"), "format": "kaldi"}], "sentences": 2})
+    rows, origin = control_set(settings, None, exclude_texts=["we walked home"])
+    assert rows["text"].tolist() == ["The train was late.", "It rained all day.", "Close the door."]
+    assert rows["control_set"].tolist() == ["a", "a", "bee"]
+    assert origin["kind"] == "real" and origin["sets"] == ["a", "bee"]
+    assert origin["missing"] == [str(tmp_path / "absent")]
+
+
+def test_control_sets_all_missing_fall_back_to_marked_synthetic_speech_or_raise(tmp_path, caplog):
+    spec = {"sets": [{"path": str(tmp_path / "absent")}], "sentences": 2}
+    with caplog.at_level("WARNING"):
+        rows, origin = control_set(ForgettingSettings.from_dict(spec), tmp_path / "cache")
+    assert origin["kind"] == "synthetic" and len(rows) == 2 and "absent" in origin["description"]
+    assert "synthetic espeak-ng speech instead" in caplog.text
+    with pytest.raises(FileNotFoundError, match="none of .*absent.* exists"):
+        control_set(ForgettingSettings.from_dict({**spec, "when_missing": "error"}), tmp_path / "cache")
+    with pytest.raises(ValueError, match="when_missing"):
+        ForgettingSettings.from_dict({"when_missing": "ignore"})
 
 
 def test_settings_reject_unknown_keys():

@@ -18,7 +18,7 @@ from vernacular.common.fileio import (file_key, new_digest, sha256_text, short_i
 from vernacular.common.text import sentence_key, slug
 from vernacular.data.audio import TARGET_SAMPLE_RATE, read_audio
 from vernacular.data.corpus import load_sentences
-from vernacular.data.manifest import default_root, read_manifest, resolve_rows
+from vernacular.data.manifest import default_root, is_glob, read_manifest, resolve_rows
 from vernacular.data.synth import render
 from vernacular.evaluation.metrics import (PAIRED_TEST, compare_systems, error_rates, evaluate, forgetting_check,
                                            normalise, per_utterance_errors, term_recall, worst_groups)
@@ -48,7 +48,7 @@ class EvaluationSettings:
     worst_speakers: int = 5
     key_terms: list[str] = field(default_factory=list)
     forgetting: ForgettingSettings = field(default_factory=lambda: ForgettingSettings())
-    forgetting_margin: float = 2.0  # percentage points of WER the adapter may lose on general speech
+    forgetting_margin: float = 1.0  # percentage points of WER the adapter may lose on general speech
     reuse_cached: bool = True  # a rerun with the same model, adapter weights, test rows and settings reuses the result
     # Also transcribe and time the test set with the served model (the transcription block's backend,
     # e.g. CTranslate2 int8): its WER beside the fp32 one, and the real-time factor the cost page uses.
@@ -82,12 +82,24 @@ class BootstrapSettings:
 
 
 @dataclass
+class ControlSet:
+    """One real general-speech corpus for the forgetting check: any manifest the ingestion reads."""
+
+    path: str  # relative paths: from the folder `kedro run` runs in (the project root)
+    format: str = "auto"
+    name: str | None = None  # how reports name it; default: the folder or file name
+
+
+@dataclass
 class ForgettingSettings:
-    """The general-speech control set: packaged sentences read by one voice, or a manifest."""
+    """The general-speech control set: `manifest` (one corpus of the user's), else every corpus of
+    `sets` that exists, else (`when_missing: synthetic`) packaged sentences read by espeak-ng."""
 
     enabled: bool = True
-    corpus: str = "general"  # packaged corpus name or a .txt path (ignored when `manifest` is set)
-    sentences: int = 40  # how many (a deterministic, hash-ordered subset); also caps a manifest
+    sets: list[ControlSet] = field(default_factory=list)
+    when_missing: str = "synthetic"  # synthetic | error: what to do when no corpus of `sets` exists
+    corpus: str = "general"  # synthetic fallback: packaged corpus name or a .txt path
+    sentences: int = 120  # per corpus (its first rows; a hash-ordered subset of synthetic sentences)
     voice: str = "en-us"
     rate: int = 175
     pitch: int = 50
@@ -95,30 +107,78 @@ class ForgettingSettings:
     manifest_format: str = "auto"
     cache_dir: str | None = None  # default: <storage.synthetic_dir>/../control
 
+    def __post_init__(self) -> None:
+        self.sets = [build_settings(ControlSet, s, "evaluation.forgetting.sets[]") if isinstance(s, dict) else s
+                     for s in (self.sets or [])]
+        if self.when_missing not in ("synthetic", "error"):
+            raise ValueError(f"evaluation.forgetting.when_missing: {self.when_missing!r}; use synthetic or error")
+
     @classmethod
     def from_dict(cls, values: dict | None) -> "ForgettingSettings":
         return build_settings(cls, values, "evaluation.forgetting")
 
+    def real_sets(self) -> tuple[list[ControlSet], list[str]]:
+        """(the corpora to use, the configured ones not found)."""
+        if self.manifest:
+            return [ControlSet(path=self.manifest, format=self.manifest_format)], []
+        present = [s for s in self.sets if _exists(s.path)]
+        return present, [s.path for s in self.sets if s not in present]
 
-def control_set(settings: ForgettingSettings, cache_dir: str | Path, exclude_texts=(), limit: int | None = None
-                ) -> pd.DataFrame:
-    """The forgetting-check utterances: utterance_id, text, speaker, audio_path, offset, duration.
 
-    Synthetic by default: `settings.sentences` sentences of `settings.corpus` (hash-ordered, so the
-    subset does not depend on file order; sentences in `exclude_texts`, e.g. the vertical's training
-    text, are skipped) read by `settings.voice`, cached as WAVs in `cache_dir`. With
-    `settings.manifest`, its first rows instead. `limit` caps the count further.
+CONTROL_COLUMNS = ["utterance_id", "text", "speaker", "audio_path", "offset", "duration", "control_set"]
+
+
+def _exists(path: str) -> bool:
+    p = Path(path)
+    return any(p.parent.glob(p.name)) if is_glob(p) else p.exists()
+
+
+def _set_name(spec: ControlSet) -> str:
+    if spec.name:
+        return spec.name
+    p = Path(spec.path)
+    return p.parent.name if p.name in ("wav.scp", "metadata.csv") or "*" in p.name else p.name
+
+
+def control_set(settings: ForgettingSettings, cache_dir: str | Path | None, exclude_texts=(), limit: int | None = None
+                ) -> tuple[pd.DataFrame, dict]:
+    """The forgetting-check utterances (CONTROL_COLUMNS) and where they came from.
+
+    Real speech first: `settings.manifest`, else every corpus of `settings.sets` that exists, the
+    first `settings.sentences` rows of each. Without one, `when_missing: synthetic` reads
+    `settings.sentences` packaged sentences (hash-ordered, so the subset does not depend on file
+    order) with `settings.voice`, cached as WAVs in `cache_dir`; `when_missing: error` raises.
+    Sentences in `exclude_texts` (the vertical's training text) are skipped either way; `limit`
+    caps each corpus further. The second value: {"kind": real|synthetic, "sets", "missing", "description"}.
     """
     count = settings.sentences if not limit else min(settings.sentences, limit)
-    if settings.manifest:
-        rows, unreadable = read_manifest(settings.manifest, settings.manifest_format)
-        if len(unreadable):
-            log.warning("forgetting control set %s: %d entries left out: %s", settings.manifest, len(unreadable),
-                        "; ".join(unreadable["reason"].astype(str).head(5)))
-        rows = resolve_rows(rows, default_root(settings.manifest))
-        rows = rows[rows["text"].str.len() > 0].head(count)
-        return rows[["utterance_id", "text", "speaker", "audio_path", "offset", "duration"]].reset_index(drop=True)
     excluded = {sentence_key(t) for t in exclude_texts}
+    present, missing = settings.real_sets()
+    if present:
+        frames = []
+        for spec in present:
+            rows, unreadable = read_manifest(spec.path, spec.format)
+            if len(unreadable):
+                log.warning("forgetting control set %s: %d entries left out: %s", spec.path, len(unreadable),
+                            "; ".join(unreadable["reason"].astype(str).head(5)))
+            rows = resolve_rows(rows, default_root(spec.path))
+            keep = (rows["text"].astype(str).str.strip().str.len() > 0) & \
+                ~rows["text"].astype(str).map(sentence_key).isin(excluded)
+            rows = rows[keep].head(count).copy()
+            rows["control_set"] = _set_name(spec)
+            frames.append(rows[CONTROL_COLUMNS])
+        names = [_set_name(s) for s in present]
+        info = {"kind": "real", "sets": names, "missing": missing,
+                "description": "real speech: " + " + ".join(f"{n} ({len(f)})" for n, f in zip(names, frames))}
+        return pd.concat(frames, ignore_index=True), info
+    if settings.sets and settings.when_missing == "error":
+        raise FileNotFoundError(f"evaluation.forgetting.sets: none of {missing} exists; point the sets at real "
+                                "general speech of yours, or set evaluation.forgetting.when_missing: synthetic")
+    if cache_dir is None:
+        raise ValueError("evaluation.forgetting needs a cache folder for its synthetic audio (forgetting.cache_dir)")
+    if missing:
+        log.warning("forgetting control set: none of %s exists; using synthetic espeak-ng speech instead, which "
+                    "cannot show what an adapter does to real voices", missing)
     ordered = sorted(load_sentences(settings.corpus),
                      key=lambda s: sha256_text(f"control|{sentence_key(s)}"))
     chosen = [s for s in ordered if sentence_key(s) not in excluded][:count]
@@ -129,8 +189,12 @@ def control_set(settings: ForgettingSettings, cache_dir: str | Path, exclude_tex
         uid = f"{short_id(sentence_key(sentence))}-{voice_slug}-r{settings.rate}-p{settings.pitch}"
         info = render(sentence, settings.voice, settings.rate, settings.pitch, cache / f"{uid}.wav")
         rows.append({"utterance_id": uid, "text": sentence, "speaker": settings.voice, "audio_path": info["path"],
-                     "offset": 0.0, "duration": info["duration"]})
-    return pd.DataFrame(rows, columns=["utterance_id", "text", "speaker", "audio_path", "offset", "duration"])
+                     "offset": 0.0, "duration": info["duration"], "control_set": f"synthetic-{settings.voice}"})
+    description = (f"synthetic: corpus `{settings.corpus}` read by {settings.voice} (rate {settings.rate}, pitch "
+                   f"{settings.pitch}), training sentences excluded"
+                   + (f"; the real-speech sets {missing} were not found" if missing else ""))
+    return pd.DataFrame(rows, columns=CONTROL_COLUMNS), {"kind": "synthetic", "sets": [f"synthetic-{settings.voice}"],
+                                                         "missing": missing, "description": description}
 
 
 def _read_rows(rows: pd.DataFrame) -> list:
@@ -242,10 +306,8 @@ def evaluate_adapter(test: pd.DataFrame, base_model: dict, adapter_dir: str,
     forgetting = settings.forgetting
     metrics["forgetting"] = {"enabled": forgetting.enabled}
     if forgetting.enabled:
-        cache = forgetting.cache_dir or control_cache_dir
-        if cache is None and not forgetting.manifest:
-            raise ValueError("evaluation.forgetting needs a cache folder for its synthetic audio (forgetting.cache_dir)")
-        control = control_set(forgetting, cache, exclude_texts, limit=settings.max_utterances)
+        control, origin = control_set(forgetting, forgetting.cache_dir or control_cache_dir, exclude_texts,
+                                      limit=settings.max_utterances)
         if control.empty:
             raise ValueError("evaluation.forgetting: the control set is empty (all sentences excluded or no rows)")
         started = time.perf_counter()
@@ -254,13 +316,17 @@ def evaluate_adapter(test: pd.DataFrame, base_model: dict, adapter_dir: str,
                                  progress=settings.progress and f"{name}: forgetting control set")
                 for name, model in (("base", base), ("adapter", merged))}
         boot = settings.bootstrap
-        metrics["forgetting"].update(forgetting_check(
-            control["text"].tolist(), hyps["base"], hyps["adapter"], margin_pts=settings.forgetting_margin,
-            normaliser=settings.normaliser, n_resamples=boot.n_resamples, seed=boot.seed, confidence=boot.confidence))
-        metrics["forgetting"]["source"] = (f"manifest {forgetting.manifest}" if forgetting.manifest else
-                                           f"synthetic: corpus `{forgetting.corpus}` read by {forgetting.voice} "
-                                           f"(rate {forgetting.rate}, pitch {forgetting.pitch}), training sentences "
-                                           "excluded")
+        check = dict(margin_pts=settings.forgetting_margin, normaliser=settings.normaliser,
+                     n_resamples=boot.n_resamples, seed=boot.seed, confidence=boot.confidence)
+        metrics["forgetting"].update(forgetting_check(control["text"].tolist(), hyps["base"], hyps["adapter"], **check))
+        metrics["forgetting"].update(source=origin["description"], kind=origin["kind"], missing_sets=origin["missing"])
+        metrics["forgetting"]["by_set"] = {}
+        for name in origin["sets"]:
+            idx = [i for i, v in enumerate(control["control_set"]) if v == name]
+            part = forgetting_check([control["text"][i] for i in idx], [hyps["base"][i] for i in idx],
+                                    [hyps["adapter"][i] for i in idx], **check)
+            metrics["forgetting"]["by_set"][name] = {k: part[k] for k in ("n_utterances", "base", "adapter",
+                                                                          "wer_change_pts", "flagged", "difference")}
         metrics["forgetting"]["seconds"] = time.perf_counter() - started
         metrics["forgetting"]["examples"] = [
             {"reference": r, "base": b, "adapter": a}
@@ -283,6 +349,12 @@ def evaluation_fingerprint(test: pd.DataFrame, base_model: dict, adapter_dir: st
         size, mtime_ns = file_key(row["audio_path"])
         digest.update(f"{row['utterance_id']}|{row['text']}|{row['audio_path']}|{size}|{mtime_ns}\n".encode())
     digest.update(json.dumps(sorted(sentence_key(t) for t in exclude_texts)).encode())
+    if settings.forgetting.enabled:  # a control corpus that appears or changes is a different evaluation
+        for spec in settings.forgetting.real_sets()[0]:
+            p = Path(spec.path)
+            files = sorted(p.parent.glob(p.name)) if is_glob(p) else sorted(x for x in p.rglob("*") if x.is_file()) \
+                if p.is_dir() else [p]
+            digest.update(json.dumps([spec.path, [(str(f), *file_key(f)) for f in files]]).encode())
     if serving is not None and settings.serving_check:
         digest.update(json.dumps(asdict(serving), sort_keys=True, default=str).encode())
     return digest.hexdigest()[:20]
