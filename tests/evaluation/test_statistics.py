@@ -155,3 +155,13 @@ def test_a_single_utterance_gets_no_interval_and_no_p():
     assert ci["estimate"] == pytest.approx(0.3) and ci["low"] is None and ci["high"] is None
     result = paired_bootstrap([3], [1], [10], n_resamples=50)
     assert result["difference"] == pytest.approx(-0.2) and result["p_value"] is None and result["low"] is None
+
+
+def test_loops_count_hypotheses_over_twice_their_reference():
+    from vernacular.evaluation.metrics import count_loops
+
+    refs = ["the lungs are clear", "no", "small effusion", ""]
+    hyps = ["the lungs are clear", "no no no", "small small small small small", "thank you for watching"]
+    assert count_loops(refs, hyps, "basic") == {"count": 3, "n_utterances": 4, "ratio": 2.0}
+    assert count_loops(refs[:1], ["the lungs are clear and the heart is fine ok"], "basic")["count"] == 1
+    assert count_loops(refs[:1], ["the lungs are clear and the heart"], "basic")["count"] == 0

@@ -411,6 +411,22 @@ def test_report_node_cpu_run(tmp_path):
     assert "data:image/png;base64," in page
 
 
+def test_the_pages_headline_carries_the_real_speech_control_figure(tmp_path):
+    from vernacular.pipelines.reporting.nodes import report_costs
+
+    training, evaluation = run_metrics(tmp_path)
+    markdown, _, page, _ = report_costs(training, evaluation, prices(), COST, "accent")
+    assert "general speech" not in markdown  # no control set recorded: nothing claimed
+    evaluation["forgetting"] = {"enabled": True, "kind": "real", "n_utterances": 130, "flagged": True,
+                                "margin_pts": 1.0, "wer_change_pts": 3.2, "base": {"wer": 0.05},
+                                "adapter": {"wer": 0.082}, "by_set": {}}
+    markdown, _, page, _ = report_costs(training, evaluation, prices(), COST, "accent")
+    headline = markdown.split("\n")[2]
+    assert "On real general speech it was not trained for (130 recordings" in headline
+    assert "rose from 5.0% to 8.2%" in headline and "flagged" in headline
+    assert "rose from 5.0% to 8.2%" in page
+
+
 def test_base_and_merged_adapter_are_priced_from_one_timing_and_the_page_explains_it(tmp_path):
     from vernacular.pipelines.reporting.nodes import report_costs
 

@@ -96,3 +96,29 @@ def test_progress_bar_carries_its_label(tiny_whisper, speech_clips, capsys):
     assert "adapter: forgetting control set" in capsys.readouterr().err
     transcribe(model, processor, audios, settings, progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_repeat_stop_ends_only_sequences_stuck_in_a_loop():
+    from vernacular.models.families.base import RepeatStop
+
+    stop = RepeatStop(repeats=3)
+    ids = torch.tensor([[1, 2, 7, 8, 7, 8, 7, 8],    # a 2-gram three times: stop
+                        [1, 2, 3, 4, 5, 6, 7, 8],    # no repeat
+                        [9, 5, 5, 5, 5, 5, 4, 4],    # 1-grams need 2 x 3 in a row
+                        [5, 5, 5, 5, 5, 5, 5, 5]])   # ... which this has
+    assert stop(ids, None).tolist() == [True, False, False, True]
+    assert RepeatStop(repeats=3)(torch.tensor([[7, 8]]), None).tolist() == [False]  # too short to tell
+
+
+def test_generation_stops_a_loop_of_the_untrained_model(tiny_whisper, speech_clips):
+    """The randomly initialised model repeats itself; the generation-time guard ends that early."""
+    model, processor = load_model(tiny_whisper)[:2]
+    audios = [a for _, a in speech_clips[:2]]
+    settings = dict(min_new_tokens_cap=60, max_ngram_repeats=0, loop_compression_ratio=0)
+    free = transcribe(model, processor, audios, DecodeSettings(stop_repeats=0, **settings))
+    stopped = transcribe(model, processor, audios, DecodeSettings(stop_repeats=3, **settings))
+    tokens = [len(processor.tokenizer(t, add_special_tokens=False).input_ids) for t in free]
+    assert max(tokens) >= 40, f"the untrained model did not loop: {free}"
+    assert sum(len(t) for t in stopped) < sum(len(t) for t in free)
+    for long, short in zip(free, stopped):
+        assert long.startswith(short.strip()[: len(short.strip()) // 2])  # same start, cut short

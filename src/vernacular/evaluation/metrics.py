@@ -451,6 +451,22 @@ def term_recall(references: Sequence[str], hypotheses: Sequence[str], terms: Seq
             "recall": _rate(hits, occurrences), "ignored_terms": ignored}
 
 
+# --- Loops ------------------------------------------------------------------------------------
+
+LOOP_LENGTH_RATIO = 2.0  # a hypothesis over twice its reference's length counts as a loop
+
+
+def count_loops(references: Sequence[str], hypotheses: Sequence[str], normaliser: str = "whisper_english") -> dict:
+    """Hypotheses with more than LOOP_LENGTH_RATIO x their reference's words (normalised), e.g. a
+    decoder stuck on "an an an ..."; {"count", "n_utterances", "ratio"}."""
+    count = 0
+    for ref, hyp in zip(references, hypotheses):
+        ref_words = len(normalise(ref, normaliser).split())
+        if len(normalise(hyp, normaliser).split()) > LOOP_LENGTH_RATIO * max(ref_words, 1):
+            count += 1
+    return {"count": count, "n_utterances": len(references), "ratio": LOOP_LENGTH_RATIO}
+
+
 # --- Forgetting ------------------------------------------------------------------------------------
 
 def forgetting_check(references: Sequence[str], base: Sequence[str], adapter: Sequence[str], *,
@@ -474,6 +490,8 @@ def forgetting_check(references: Sequence[str], base: Sequence[str], adapter: Se
                                   [r["n_ref_words"] for r in b_rows], n_resamples=n_resamples, seed=seed,
                                   confidence=confidence)
     return {"n_utterances": len(refs), "normaliser": normaliser, "base": base_rates, "adapter": adapter_rates,
+            "loops": {"base": count_loops(references, base, normaliser)["count"],
+                      "adapter": count_loops(references, adapter, normaliser)["count"]},
             "wer_change_pts": change, "margin_pts": float(margin_pts),
             "flagged": bool(change is not None and change > margin_pts + 1e-9), "difference": difference}
 

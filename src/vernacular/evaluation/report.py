@@ -69,6 +69,8 @@ def render_summary(metrics: dict, training: dict, vertical: str) -> str:
              f"Test split: {metrics['n_utterances']} utterances, {metrics['audio_seconds'] / 60:.1f} min of audio. "
              f"Device: {metrics['device_name']}.", "",
              f"**{headline(metrics)}** (normalised text; {level}% intervals).", "",
+             *([f"**Control:** {control_sentence(metrics.get('forgetting'))}", ""]
+               if control_sentence(metrics.get("forgetting")) else []),
              f"Normaliser: `{metrics['normaliser']}` (transformers' Whisper normaliser, applied to references and "
              "hypotheses alike); raw = text as written, case and punctuation included.", "",
              f"Intervals: {level}% percentile bootstrap over utterances ({boot['n_resamples']} resamples, seed "
@@ -89,7 +91,8 @@ def render_summary(metrics: dict, training: dict, vertical: str) -> str:
     sign = overall["sign_test"]
     lines += ["", f"Relative WER reduction (normalised): {_pct(metrics['wer_relative_reduction'])}.",
               f"Sign test on per-utterance word errors: {sign['improved']} utterances improved, {sign['worsened']} "
-              f"worsened, {sign['ties']} unchanged ({format_p(sign['p_value'])}).", "",
+              f"worsened, {sign['ties']} unchanged ({format_p(sign['p_value'])}).",
+              *_loop_lines(metrics.get("loops")), "",
               "## Per speaker / voice (normalised WER)", "", *_group_table(metrics, "speaker")]
     for column in [c for c in metrics["base"] if c.startswith("by_") and c != "by_speaker"]:
         lines += ["", f"## By {column[3:]} (normalised WER)", "", *_group_table(metrics, column[3:])]
@@ -150,6 +153,47 @@ def _terms_section(block: dict | None) -> list[str]:
     return lines
 
 
+def _loop_lines(loops: dict | None) -> list[str]:
+    if not loops:
+        return []
+    return [f"Looping outputs (hypothesis over {loops['base']['ratio']:g}x its reference's words): base "
+            f"{loops['base']['count']}, adapter {loops['adapter']['count']} of {loops['base']['n_utterances']}."]
+
+
+def control_figures(block: dict) -> str:
+    """Each control corpus's WER, base -> adapter, in one line (the forgetting block of the metrics)."""
+    by_set = block.get("by_set") or {}
+    return "; ".join(f"{name} ({part['n_utterances']} utts) {_pct(part['base']['wer'])} -> "
+                     f"{_pct(part['adapter']['wer'])} ({part['wer_change_pts']:+.1f} pts)"
+                     for name, part in by_set.items() if part.get("wer_change_pts") is not None)
+
+
+def control_sentence(block: dict | None) -> str | None:
+    """The forgetting check in one sentence a manager reads; None when it did not run."""
+    if not block or not block.get("enabled"):
+        return None
+    change = block.get("wer_change_pts") or 0.0
+    before, after = _pct(block["base"]["wer"]), _pct(block["adapter"]["wer"])
+    synthetic = block.get("kind") == "synthetic" or str(block.get("source", "")).startswith("synthetic")
+    what = "synthetic general speech" if synthetic else "real general speech"
+    where = f"On {what} it was not trained for ({block['n_utterances']} recordings of the control set)"
+    if block["flagged"]:
+        text = (f"{where} the word error rate rose from {before} to {after}: worse by more than the "
+                f"{block['margin_pts']:g}-point margin, flagged.")
+    elif change < 0:
+        text = f"{where} the word error rate fell from {before} to {after}: nothing lost there."
+    else:
+        text = (f"{where} the word error rate went from {before} to {after}, within the "
+                f"{block['margin_pts']:g}-point margin.")
+    if len(block.get("by_set") or {}) > 1:
+        text += f" Per corpus: {control_figures(block)}."
+    if synthetic:
+        text += " That control set is synthetic speech, so it says little about real voices"
+        text += (f" (the real-speech sets {', '.join(block['missing_sets'])} were not found)."
+                 if block.get("missing_sets") else ".")
+    return text
+
+
 def _forgetting_section(block: dict | None) -> list[str]:
     lines = ["## Forgetting check (general speech)", ""]
     if not block or not block.get("enabled"):
@@ -162,6 +206,18 @@ def _forgetting_section(block: dict | None) -> list[str]:
               f"{'n/a' if change is None else f'{change:+.1f}'} pts, paired difference "
               f"{_diff(block['difference'])}.",
               f"{verdict} {block['margin_pts']:g} pts (`evaluation.forgetting_margin`)."]
+    if block.get("loops"):
+        lines.append(f"Looping outputs on the control set: base {block['loops']['base']}, adapter "
+                     f"{block['loops']['adapter']}.")
+    by_set = block.get("by_set") or {}
+    if by_set:
+        lines += ["", "| control corpus | utterances | base WER | adapter WER | change (pts) | paired difference |",
+                  "|---|---|---|---|---|---|"]
+        for name, part in by_set.items():
+            change = part["wer_change_pts"]
+            lines.append(f"| {name} | {part['n_utterances']} | {_pct(part['base']['wer'])} | "
+                         f"{_pct(part['adapter']['wer'])} | {'n/a' if change is None else f'{change:+.1f}'} | "
+                         f"{_diff(part['difference'])} |")
     return lines
 
 
@@ -209,22 +265,9 @@ def plain_headline(metrics: dict, vertical: str) -> list[str]:
                    "this test set does not show a reliable difference." if low is not None else
                    "; too few recordings for an interval): read it as no evidence either way."))
     sentences = [text]
-    forgetting = metrics.get("forgetting") or {}
-    if forgetting.get("enabled"):
-        change = forgetting.get("wer_change_pts") or 0.0
-        before, after = _pct(forgetting["base"]["wer"]), _pct(forgetting["adapter"]["wer"])
-        where = f"On ordinary speech it was not trained for ({forgetting['n_utterances']} recordings of the control set)"
-        if forgetting["flagged"]:
-            text = (f"{where} the word error rate rose from {before} to {after}: worse by more than the "
-                    f"{forgetting['margin_pts']:g}-point margin, flagged.")
-        elif change < 0:
-            text = f"{where} the word error rate fell from {before} to {after}: nothing lost there."
-        else:
-            text = (f"{where} the word error rate went from {before} to {after}, within the "
-                    f"{forgetting['margin_pts']:g}-point margin.")
-        if str(forgetting.get("source", "")).startswith("synthetic"):
-            text += " That control set is synthetic speech, so it says little about real voices."
-        sentences.append(text)
+    control = control_sentence(metrics.get("forgetting"))
+    if control:
+        sentences.append(control)
     return sentences
 
 

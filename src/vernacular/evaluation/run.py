@@ -20,7 +20,8 @@ from vernacular.data.audio import TARGET_SAMPLE_RATE, read_audio
 from vernacular.data.corpus import load_sentences
 from vernacular.data.manifest import default_root, is_glob, read_manifest, resolve_rows
 from vernacular.data.synth import render
-from vernacular.evaluation.metrics import (PAIRED_TEST, compare_systems, error_rates, evaluate, forgetting_check,
+from vernacular.evaluation.metrics import (PAIRED_TEST, compare_systems, count_loops, error_rates, evaluate,
+                                           forgetting_check,
                                            normalise, per_utterance_errors, term_recall, worst_groups)
 from vernacular.evaluation.plots import plot_group_wer, plot_utterance_scatter
 from vernacular.evaluation.report import headline, render_summary
@@ -326,7 +327,8 @@ def evaluate_adapter(test: pd.DataFrame, base_model: dict, adapter_dir: str,
             part = forgetting_check([control["text"][i] for i in idx], [hyps["base"][i] for i in idx],
                                     [hyps["adapter"][i] for i in idx], **check)
             metrics["forgetting"]["by_set"][name] = {k: part[k] for k in ("n_utterances", "base", "adapter",
-                                                                          "wer_change_pts", "flagged", "difference")}
+                                                                          "wer_change_pts", "flagged", "difference",
+                                                                          "loops")}
         metrics["forgetting"]["seconds"] = time.perf_counter() - started
         metrics["forgetting"]["examples"] = [
             {"reference": r, "base": b, "adapter": a}
@@ -405,6 +407,8 @@ def score_transcripts(transcripts: pd.DataFrame, settings: EvaluationSettings) -
     adapter_wer = metrics["adapter"]["normalised"]["wer"]
     metrics["wer_relative_reduction"] = (base_wer - adapter_wer) / base_wer if base_wer else None
     metrics["examples"] = _examples(transcripts, settings.substitution_examples)
+    metrics["loops"] = {name: count_loops(transcripts["reference"].tolist(), transcripts[name].tolist(),
+                                          settings.normaliser) for name in ("base", "adapter")}
     metrics.update(statistics_block(transcripts, settings))
     overall = metrics["statistics"]["overall"]
     for name in ("base", "adapter"):

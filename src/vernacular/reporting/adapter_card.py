@@ -33,6 +33,7 @@ from vernacular.common.storage import version_of
 from vernacular.common.text import sentence_key
 from vernacular.data.audio import AUDIO_EXTENSIONS
 from vernacular.data.manifest import SIDECAR_SUFFIX, is_glob
+from vernacular.evaluation.report import control_figures
 from vernacular.models.families import FAMILIES, family_for
 from vernacular.models.loading import ADAPTER_CARD, hub_name, speech_task
 from vernacular.models.whisper_ct2 import EMBEDDED_MODELS
@@ -462,6 +463,9 @@ def intended_use_and_limitations(vertical: str, source: dict | None, ingestion_s
                       f"{forgetting['wer_change_pts']:+.1f} pts (margin {forgetting['margin_pts']:g}): use it only "
                       f"for {vertical} audio, or retrain.")
     else:
+        if forgetting.get("kind") == "synthetic":
+            limits.append("The forgetting check ran on synthetic espeak-ng speech (no real general-speech corpus "
+                          "was found): it cannot show what the adapter does to real voices.")
         limits.append(f"On general speech ({forgetting.get('n_utterances')} utterances, "
                       f"{forgetting.get('source', 'control set')}) WER changed by "
                       f"{forgetting['wer_change_pts']:+.1f} pts, within the {forgetting['margin_pts']:g}-pt margin; "
@@ -625,10 +629,16 @@ def _evaluation_section(eval_metrics: dict, facts: dict) -> list[str]:
             for w in worst[:3]) + ".")
     forgetting = eval_metrics.get("forgetting") or {}
     if forgetting.get("enabled"):
-        out.append(f"Forgetting check (general speech, {forgetting.get('n_utterances')} utterances): WER "
+        out.append(f"Forgetting check (general speech, {forgetting.get('n_utterances')} utterances; "
+                   f"{forgetting.get('source', 'control set')}): WER "
                    f"{_pct(forgetting['base']['wer'])} -> {_pct(forgetting['adapter']['wer'])} "
                    f"({forgetting['wer_change_pts']:+.1f} pts; flagged above {forgetting['margin_pts']:g}): "
-                   f"{'**FLAGGED**' if forgetting.get('flagged') else 'not flagged'}.")
+                   f"{'**FLAGGED**' if forgetting.get('flagged') else 'not flagged'}."
+                   + (f" Per corpus: {control_figures(forgetting)}." if forgetting.get("by_set") else ""))
+    loops = eval_metrics.get("loops")
+    if loops:
+        out.append(f"Looping outputs on the test set (hypothesis over {loops['base']['ratio']:g}x the reference): "
+                   f"base {loops['base']['count']}, adapter {loops['adapter']['count']}.")
     if out[-1]:
         out.append("")
     out += ["Full figures: the run's `eval_summary.md` and `eval_metrics.json` (data/08_reporting/<vertical>/).",

@@ -34,6 +34,7 @@ from matplotlib.ticker import FuncFormatter
 
 from vernacular.common.config import build_settings
 from vernacular.common.htmlpage import figure_png, page_head, png_img, text_html
+from vernacular.evaluation.report import control_sentence
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,7 @@ class ReportFacts:
     device_name: str = ""
     adapter_size: AdapterSize | None = None
     sources: dict[str, str] = field(default_factory=dict)
+    control: str | None = None  # the forgetting check in one sentence (real or synthetic general speech)
 
 
 def adapter_size(path: str | Path | None, trainable_params: int, total_params: int,
@@ -322,6 +324,8 @@ def _page(inputs: CostInputs, p: dict, facts: ReportFacts | None, title: str, no
     if facts.base_wer and facts.adapter_wer:
         headline.append(f"Word error rate on {facts.test_set}: base model {facts.base_wer.text()}, with the adapter "
                         f"{facts.adapter_wer.text()}" + (" (95% bootstrap intervals)." if facts.adapter_wer.ci else "."))
+    if facts.control:
+        headline.append(facts.control)
     if p["break_even_audio_hours"] is None:
         headline.append(
             f"At {_num(vol)} audio hours a month, self-hosting with the adapter on {facts.device_name or inputs.device} would cost "
@@ -691,6 +695,7 @@ def cost_report(training_metrics: dict, eval_metrics: dict, prices: dict, settin
         base_wer=_wer(eval_metrics, "base"),
         adapter_wer=_wer(eval_metrics, "adapter"),
         test_set=f"the {vertical} test split ({eval_metrics['n_utterances']} utterances)",
+        control=control_sentence(eval_metrics.get("forgetting")),
         device_name=device_name,
         adapter_size=adapter_size(eval_metrics.get("adapter_path"), training_metrics["trainable_params"],
                                   training_metrics["total_params"]),

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoProcessor
+from transformers import AutoProcessor, StoppingCriteria, StoppingCriteriaList
 
 from vernacular.common.config import build_settings
 from vernacular.common.text import collapse_repeats
@@ -41,6 +41,9 @@ class DecodeSettings:
     max_ngram_repeats: int = 2
     # ... when the hypothesis compresses this well (a loop); genuine repeats ("five five five") stay.
     loop_compression_ratio: float = 2.4
+    # Stop a sequence while it is generated once its tail is one 2-4-token n-gram this many times in
+    # a row (a single token: twice as many); 0: off. Saves the decode time a loop would spend.
+    stop_repeats: int = 4
 
     @classmethod
     def from_dict(cls, values: dict | None, section: str = "decoding") -> "DecodeSettings":
@@ -61,6 +64,28 @@ def guard_loops(text: str, settings: DecodeSettings) -> str:
     """The decode-time loop guard every family applies to its hypotheses."""
     return collapse_repeats(text.strip(), settings.max_ngram_repeats,
                             min_compression_ratio=settings.loop_compression_ratio)
+
+
+class RepeatStop(StoppingCriteria):
+    """Ends each sequence whose last tokens are one n-gram (1 <= n <= max_n) repeated `repeats`
+    times in a row (a 1-gram: 2 x `repeats`); the generation-time half of the loop guard."""
+
+    def __init__(self, repeats: int, max_n: int = 4):
+        self.repeats, self.max_n = repeats, max_n
+
+    def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for n in range(1, self.max_n + 1):
+            times = self.repeats * (2 if n == 1 else 1)
+            if input_ids.shape[1] < n * times:
+                break
+            tail = input_ids[:, -n * times:].reshape(input_ids.shape[0], times, n)
+            done |= (tail == tail[:, :1]).all(dim=2).all(dim=1)
+        return done
+
+
+def stopping_criteria(settings: DecodeSettings) -> StoppingCriteriaList | None:
+    return StoppingCriteriaList([RepeatStop(settings.stop_repeats)]) if settings.stop_repeats else None
 
 
 def decode_batches(audios: list, settings: DecodeSettings, progress: bool | str):

@@ -23,7 +23,7 @@ from vernacular.data.audio import TARGET_SAMPLE_RATE
 from vernacular.data.augment import AugmentSettings, augment_audio, spec_augment
 from vernacular.models.whisper_ct2 import MULTILINGUAL_VOCAB_SIZE, TASKS, export_to_ct2
 from vernacular.models.families.base import (IGNORE_INDEX, DecodeSettings, ModelFamily, decode_batches, guard_loops,
-                                             input_device_dtype, unwrap)
+                                             input_device_dtype, stopping_criteria, unwrap)
 
 HOP_LENGTH = 160
 WINDOW_HALF = 200  # half of Whisper's 400-sample STFT window
@@ -214,6 +214,8 @@ class WhisperFamily(ModelFamily):
             kwargs = {"max_new_tokens": max_new_tokens_for(longest, settings), "num_beams": settings.num_beams}
             if settings.no_repeat_ngram_size:
                 kwargs["no_repeat_ngram_size"] = settings.no_repeat_ngram_size
+            if settings.stop_repeats:
+                kwargs["stopping_criteria"] = stopping_criteria(settings)
             tokens = _quiet_generate(model, features, kwargs)
             decoded = processor.tokenizer.batch_decode(tokens, skip_special_tokens=True)
             texts.extend(guard_loops(t, settings) for t in decoded)
