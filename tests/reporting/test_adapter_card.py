@@ -16,7 +16,8 @@ import soundfile as sf
 import yaml
 
 from vernacular.reporting.adapter_card import (CardInputError, audio_sha256, base_model_revision, build_adapter_card,
-                                     git_revision, manifest_sha256, sha256_file, sha256_source)
+                                     git_revision, manifest_sha256, sha256_file)
+from vernacular.data.manifest import sha256_source
 from vernacular.evaluation.run import EvaluationSettings, score_transcripts
 from vernacular.evaluation.metrics import forgetting_check
 from vernacular.models.loading import resolve_base_model

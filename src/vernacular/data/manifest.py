@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from vernacular.common.fileio import file_key, sha256_text, short_id
+from vernacular.common.fileio import file_key, sha256_file, sha256_text, short_id
 from vernacular.common.text import sentence_key
 from vernacular.data.audio import AUDIO_EXTENSIONS, TARGET_SAMPLE_RATE, AudioError, read_audio, write_wav
 
@@ -195,6 +195,31 @@ def default_root(path: str | Path) -> Path:
 
 def is_glob(path: str | Path) -> bool:
     return bool(_GLOB_CHARS & set(Path(path).name))
+
+
+def sha256_source(path: str | Path) -> dict:
+    """SHA-256 of a source manifest: a file, or a corpus directory (Kaldi data dir, audiofolder).
+
+    For a directory, every top-level file that is not audio is hashed (wav.scp, text, utt2spk,
+    segments, metadata.csv, ...) and the directory digest is the SHA-256 of the `sha256sum`-style
+    listing "<sha256>  <name>" lines, sorted by name. A glob of audio files (sidecar corpus) hashes
+    the transcripts beside the matches the same way. A path that no longer exists is recorded as missing.
+    """
+    path = Path(path)
+    if path.is_file():
+        return {"path": str(path), "kind": "file", "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    if is_glob(path) or path.is_dir():
+        if is_glob(path):
+            matches = path.parent.glob(path.name) if path.parent.is_dir() else []
+            files = sorted({p.with_suffix(SIDECAR_SUFFIX) for p in matches})
+            files = [p for p in files if p.is_file()]
+        else:
+            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() not in AUDIO_EXTENSIONS)
+        listing = [{"name": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size} for p in files]
+        combined = sha256_text("".join(f"{f['sha256']}  {f['name']}\n" for f in listing))
+        return {"path": str(path), "kind": "glob" if is_glob(path) else "directory", "sha256": combined,
+                "files": listing}
+    return {"path": str(path), "kind": "missing", "sha256": None}
 
 
 def _read_text(path: Path) -> str:

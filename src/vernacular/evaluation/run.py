@@ -18,11 +18,10 @@ from vernacular.common.fileio import (file_key, new_digest, sha256_text, short_i
 from vernacular.common.text import sentence_key, slug
 from vernacular.data.audio import TARGET_SAMPLE_RATE, read_audio
 from vernacular.data.corpus import load_sentences
-from vernacular.data.manifest import default_root, is_glob, read_manifest, resolve_rows
+from vernacular.data.manifest import default_root, is_glob, read_manifest, resolve_rows, sha256_source
 from vernacular.data.synth import render
 from vernacular.evaluation.metrics import (PAIRED_TEST, compare_systems, count_loops, error_rates, evaluate,
-                                           forgetting_check,
-                                           normalise, per_utterance_errors, term_recall, worst_groups)
+                                           forgetting_check, normalise, per_utterance_errors, term_recall, worst_groups)
 from vernacular.evaluation.plots import plot_group_wer, plot_utterance_scatter
 from vernacular.evaluation.report import headline, render_summary
 from vernacular.models.families import DecodeSettings
@@ -138,7 +137,7 @@ def _set_name(spec: ControlSet) -> str:
     if spec.name:
         return spec.name
     p = Path(spec.path)
-    return p.parent.name if p.name in ("wav.scp", "metadata.csv") or "*" in p.name else p.name
+    return p.parent.name if p.name in ("wav.scp", "metadata.csv") or is_glob(p) else p.name
 
 
 def control_set(settings: ForgettingSettings, cache_dir: str | Path | None, exclude_texts=(), limit: int | None = None
@@ -353,10 +352,7 @@ def evaluation_fingerprint(test: pd.DataFrame, base_model: dict, adapter_dir: st
     digest.update(json.dumps(sorted(sentence_key(t) for t in exclude_texts)).encode())
     if settings.forgetting.enabled:  # a control corpus that appears or changes is a different evaluation
         for spec in settings.forgetting.real_sets()[0]:
-            p = Path(spec.path)
-            files = sorted(p.parent.glob(p.name)) if is_glob(p) else sorted(x for x in p.rglob("*") if x.is_file()) \
-                if p.is_dir() else [p]
-            digest.update(json.dumps([spec.path, [(str(f), *file_key(f)) for f in files]]).encode())
+            digest.update(json.dumps([spec.path, sha256_source(spec.path)["sha256"]]).encode())
     if serving is not None and settings.serving_check:
         digest.update(json.dumps(asdict(serving), sort_keys=True, default=str).encode())
     return digest.hexdigest()[:20]

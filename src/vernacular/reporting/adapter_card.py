@@ -31,8 +31,7 @@ from vernacular.common.config import build_settings
 from vernacular.common.fileio import new_digest, sha256_file, sha256_text, write_text_atomically
 from vernacular.common.storage import version_of
 from vernacular.common.text import sentence_key
-from vernacular.data.audio import AUDIO_EXTENSIONS
-from vernacular.data.manifest import SIDECAR_SUFFIX, is_glob
+from vernacular.data.manifest import sha256_source
 from vernacular.evaluation.report import control_figures
 from vernacular.models.families import FAMILIES, family_for
 from vernacular.models.loading import ADAPTER_CARD, hub_name, speech_task
@@ -103,31 +102,6 @@ class CardInputError(ValueError):
 
 # ---------------------------------------------------------------------------------------------
 # Provenance helpers
-
-
-def sha256_source(path: str | Path) -> dict:
-    """SHA-256 of a source manifest: a file, or a corpus directory (Kaldi data dir, audiofolder).
-
-    For a directory, every top-level file that is not audio is hashed (wav.scp, text, utt2spk,
-    segments, metadata.csv, ...) and the directory digest is the SHA-256 of the `sha256sum`-style
-    listing "<sha256>  <name>" lines, sorted by name. A glob of audio files (sidecar corpus) hashes
-    the transcripts beside the matches the same way. A path that no longer exists is recorded as missing.
-    """
-    path = Path(path)
-    if path.is_file():
-        return {"path": str(path), "kind": "file", "sha256": sha256_file(path), "bytes": path.stat().st_size}
-    if is_glob(path) or path.is_dir():
-        if is_glob(path):
-            matches = path.parent.glob(path.name) if path.parent.is_dir() else []
-            files = sorted({p.with_suffix(SIDECAR_SUFFIX) for p in matches})
-            files = [p for p in files if p.is_file()]
-        else:
-            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() not in AUDIO_EXTENSIONS)
-        listing = [{"name": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size} for p in files]
-        combined = sha256_text("".join(f"{f['sha256']}  {f['name']}\n" for f in listing))
-        return {"path": str(path), "kind": "glob" if is_glob(path) else "directory", "sha256": combined,
-                "files": listing}
-    return {"path": str(path), "kind": "missing", "sha256": None}
 
 
 def manifest_sha256(manifest: pd.DataFrame) -> str:
