@@ -87,3 +87,37 @@ def test_speechocean_parts_as_configured_in_the_speechocean_env(tmp_path):
     assert len(raw) == 1400 and raw["speaker"].nunique() == 70
     assert raw.groupby("speaker")["given_split"].nunique().max() == 1
     assert raw["text"].str.match(r"^[A-Z][^A-Z]*$").mean() > 0.95  # sentence case ("I" aside)
+
+
+def test_replay_adds_the_last_rows_of_a_real_corpus_to_train_only(tmp_path):
+    main = kaldi_part(tmp_path / "main", "1", [f"s{i % 4}" for i in range(8)])
+    (main / "text").write_text("".join(f"1{i:04d} Main sentence number {i}.\n" for i in range(8)))
+    general = kaldi_part(tmp_path / "general", "9", ["g"] * 6)
+    lines = [f"9{i:04d} General sentence {i}." for i in range(5)] + ["90005 Main sentence number 3."]
+    (general / "text").write_text("\n".join(lines) + "\n")
+    split = {"by": "sentence", "validation_fraction": 0.2, "test_fraction": 0.3, "salt": "vernacular"}
+    source = {"kind": "manifest", "path": str(main), "format": "kaldi",
+              "replay": {"sets": [{"path": str(general), "format": "kaldi", "name": "general"},
+                                  {"path": str(tmp_path / "absent"), "format": "kaldi"}], "utterances": 3}}
+    storage = {"root": str(tmp_path / "data"), "suffix": ""}
+    raw = load_source(source, split, storage, "v")
+    replay = raw[raw["replay_set"].notna()] if "replay_set" in raw else raw.iloc[0:0]
+    # the last three rows: the control reads the corpus from its start
+    assert list(replay["utterance_id"]) == ["90003", "90004", "90005"]
+    clean, quarantine = validate_corpus(raw, LIMITS, storage, "v")
+    manifest, report, summary = split_corpus(clean, quarantine, raw, split)
+    assert summary["rows_in"] == 11 == summary["clean"] + summary["quarantined"]
+    kept = manifest[manifest["replay_set"].notna()]
+    assert set(kept["split"]) == {"train"}
+    # "number 3" is a validation sentence of the main corpus (hash split): its replayed reading is rejected
+    assert dict(zip(manifest["text"], manifest["split"]))["Main sentence number 3."] == "validation"
+    assert "90005" in set(report["utterance_id"]) and summary["replay_rows"] == {"general": 2}
+    assert any("also in the validation split" in r for r in report["reason"])
+
+
+def test_replay_missing_corpus_can_be_an_error(tmp_path):
+    main = kaldi_part(tmp_path / "main", "1", ["a", "b"])
+    source = {"kind": "manifest", "path": str(main), "replay": {"sets": [{"path": str(tmp_path / "nope")}],
+                                                               "utterances": 5, "when_missing": "error"}}
+    with pytest.raises(ManifestError, match="source.replay"):
+        load_source(source, SPLIT, {"root": str(tmp_path / "data")}, "v")

@@ -16,8 +16,8 @@ import pandas as pd
 from vernacular.common.config import build_settings
 from vernacular.common.text import sentence_case
 from vernacular.data.corpus import SyntheticCorpusSettings, build_synthetic_corpus
-from vernacular.data.manifest import AudioLimits, ManifestError, default_root, read_manifest, resolve_rows, \
-    split_manifest, validate_and_normalise
+from vernacular.data.manifest import AudioLimits, ManifestError, default_root, is_glob, read_manifest, \
+    resolve_rows, split_manifest, validate_and_normalise
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,35 @@ class SourcePart:
     path: str
     format: str = "auto"
     root: str | None = None
-    split: str | None = None  # with split.by: given, every row of this part gets this split
+    split: str | None = None  # every row of this part gets this split (any split.by; required with `given`)
+
+
+@dataclass
+class ReplaySet:
+    """A corpus of real general speech mixed into the training split (`source.replay.sets[]`)."""
+
+    path: str
+    format: str = "auto"
+    name: str | None = None
+
+
+@dataclass
+class ReplaySettings:
+    """`source.replay`: real general speech added to the training split so the adapter keeps
+    ordinary speech (docs/training.md, "Replay"). The last `utterances` rows of each present corpus
+    are used: the forgetting control reads its corpora from the start, so the two stay disjoint."""
+
+    sets: list[ReplaySet] = field(default_factory=list)
+    utterances: int = 0  # per corpus; 0: off
+    when_missing: str = "warn"  # warn | error: a configured corpus that does not exist
+
+    def __post_init__(self) -> None:
+        self.sets = [build_settings(ReplaySet, s, "source.replay.sets[]") if isinstance(s, dict) else s
+                     for s in (self.sets or [])]
+        if self.when_missing not in ("warn", "error"):
+            raise ValueError(f"source.replay.when_missing: {self.when_missing!r}; use warn or error")
+        if self.utterances < 0:
+            raise ValueError(f"source.replay.utterances must be >= 0, got {self.utterances}")
 
 
 @dataclass
@@ -56,8 +84,11 @@ class SourceSettings:
     rate_range: list[int] = field(default_factory=lambda: list(SyntheticCorpusSettings.rate_range))
     pitch_range: list[int] = field(default_factory=lambda: list(SyntheticCorpusSettings.pitch_range))
     max_sentences: int | None = SyntheticCorpusSettings.max_sentences
+    replay: ReplaySettings = field(default_factory=ReplaySettings)
 
     def __post_init__(self) -> None:
+        if isinstance(self.replay, dict) or self.replay is None:
+            self.replay = build_settings(ReplaySettings, self.replay, "source.replay")
         if self.kind not in SOURCE_KINDS:
             raise ValueError(f"source.kind must be `synthetic` or `manifest`, got {self.kind!r}")
         if self.text_case not in TEXT_CASES:
@@ -130,10 +161,44 @@ def load_source(source: SourceSettings, split: SplitSettings, synthetic_dir: str
             resolved["given_split"] = part.split
         frames.append(resolved)
         log.info("source %s: %d rows from %s", kind, len(resolved), path)
+    frames.extend(replay_rows(source.replay))
     resolved = pd.concat(frames, ignore_index=True)
     if source.text_case == "sentence":
         resolved["text"] = [sentence_case(t) if isinstance(t, str) else t for t in resolved["text"]]
     return resolved
+
+
+def replay_rows(replay: ReplaySettings) -> list[pd.DataFrame]:
+    """The replay corpora's rows (the last `utterances` with a transcript of each), split `train`,
+    `replay_set` naming the corpus; one frame per corpus found."""
+    if not replay.utterances or not replay.sets:
+        return []
+    frames = []
+    for spec in replay.sets:
+        path = Path(spec.path)
+        found = any(path.parent.glob(path.name)) if is_glob(path) else path.exists()
+        if not found:
+            if replay.when_missing == "error":
+                raise ManifestError(f"source.replay: {spec.path} does not exist; point source.replay.sets at real "
+                                    "general speech of yours, or set source.replay.utterances: 0")
+            log.warning("source.replay: %s not found; training without it", spec.path)
+            continue
+        rows, unreadable = read_manifest(path, spec.format or "auto")
+        if len(unreadable):
+            log.warning("source.replay %s: %d entries left out: %s", spec.path, len(unreadable),
+                        "; ".join(unreadable["reason"].astype(str).head(5)))
+        root = default_root(path)
+        rows = resolve_rows(rows, root)
+        rows = rows[rows["text"].astype(str).str.strip().str.len() > 0].tail(replay.utterances).copy()
+        rows["parse_error"] = None
+        rows["corpus_root"] = str(Path(root).resolve())
+        rows["manifest_path"] = str(path.resolve())
+        rows["given_split"] = "train"
+        rows["replay_set"] = spec.name or (path.parent.name if path.name == "wav.scp" or is_glob(path) else path.name)
+        log.info("source.replay: %d rows of %s (%s) added to the training split", len(rows), rows["replay_set"].iat[0]
+                 if len(rows) else spec.path, spec.path)
+        frames.append(rows)
+    return frames
 
 
 def validate_corpus(raw_manifest: pd.DataFrame, limits: AudioLimits,
@@ -183,6 +248,8 @@ def split_corpus(clean_manifest: pd.DataFrame, quarantine: pd.DataFrame, raw_man
                "split_rule": {k: getattr(split, k) for k in ("by", "validation_fraction", "test_fraction", "salt")},
                "test_only_speakers": list(split.test_only_speakers or []),
                "source_manifests": sorted(raw_manifest["manifest_path"].dropna().unique().tolist())}
+    if "replay_set" in manifest and manifest["replay_set"].notna().any():
+        summary["replay_rows"] = manifest["replay_set"].dropna().value_counts().to_dict()
     if len(report):
         log.warning("%d of %d rows quarantined: %s", len(report), counts["rows_in"], summary["quarantine_reasons"])
     return manifest, report, summary

@@ -740,7 +740,9 @@ def split_manifest(clean: pd.DataFrame, by: str, validation_fraction: float, tes
     `given_split` column, e.g. speechocean762's train/test folders; validation is carved out of
     the given training rows by speaker hash when the corpus gives none). Speakers in
     `test_only_speakers` are held out for test: with by="sentence" their rows on non-test
-    sentences are rejected, so no test sentence or held-out voice is ever trained on.
+    sentences are rejected, so no test sentence or held-out voice is ever trained on. Rows with a
+    `given_split` (source parts with a `split`, replay corpora) keep it under any rule; one whose
+    sentence the rule puts in another split of the main corpus is rejected.
     """
     keys = {"sentence": lambda r: sentence_key(r["text"]), "speaker": lambda r: r["speaker"],
             "utterance": lambda r: r["utterance_id"]}
@@ -755,6 +757,17 @@ def split_manifest(clean: pd.DataFrame, by: str, validation_fraction: float, tes
     frame = clean.copy()
     splits = [assign_split(keys[by](r), validation_fraction, test_fraction, salt) for r in frame.to_dict("records")]
     frame["split"] = splits
+    fixed = frame["given_split"].notna() if "given_split" in frame else pd.Series(False, index=frame.index)
+    clash = frame.iloc[0:0]
+    if fixed.any():  # source parts with their own split (e.g. source.replay: train) keep it
+        frame.loc[fixed, "split"] = frame.loc[fixed, "given_split"].astype(str)
+        others = {sentence_key(t): s for t, s in zip(frame.loc[~fixed, "text"], frame.loc[~fixed, "split"])}
+        crossed = fixed & pd.Series([others.get(sentence_key(t), sp) != sp for t, sp in zip(frame["text"], frame["split"])],
+                                    index=frame.index)
+        clash = frame[crossed].copy()
+        clash["reason"] = [f"sentence also in the {others[sentence_key(t)]} split of the main corpus"
+                           for t in clash["text"]]
+        frame = frame[~crossed]
     in_held = frame["speaker"].isin(held_out)
     rejected = frame[in_held & (frame["split"] != "test")].copy()
     if by == "speaker":
@@ -763,6 +776,7 @@ def split_manifest(clean: pd.DataFrame, by: str, validation_fraction: float, tes
     else:
         frame = frame[~(in_held & (frame["split"] != "test"))]
     rejected["reason"] = "held-out test speaker on a non-test sentence"
+    rejected = pd.concat([rejected, clash], ignore_index=True)
     return frame.reset_index(drop=True), rejected.drop(columns=["split"]).reset_index(drop=True)
 
 
