@@ -235,3 +235,61 @@ def file_key(path: str | os.PathLike) -> tuple[int, int]:
 def short_id(text: str, length: int = 10) -> str:
     """A stable id of `length` hex digits for a text (SHA-1: utterance ids and cache names, not security)."""
     return hashlib.sha1(text.encode()).hexdigest()[:length]
+
+
+# Remote storage (fsspec: s3://, gs://, abfs://, memory://, ...). Local paths keep the atomic
+# writes above; object stores make each uploaded object appear whole.
+
+def filesystem_for(filepath: str, credentials: dict | None = None, fs_args: dict | None = None):
+    """(fsspec filesystem, protocol, path without protocol) for a catalog path, as kedro-datasets does."""
+    import fsspec
+    from kedro.io.core import get_protocol_and_path
+
+    protocol, path = get_protocol_and_path(str(filepath))
+    return fsspec.filesystem(protocol, **(credentials or {}), **(fs_args or {})), protocol, path
+
+
+def is_local(protocol: str) -> bool:
+    return protocol in ("file", "local")
+
+
+def remote_url(protocol: str, path: str) -> str:
+    return path if is_local(protocol) else f"{protocol}://{path}"
+
+
+def upload_new_directory(fs, protocol: str, final: str, write: Callable[[Path], None]) -> str:
+    """Write a folder locally with `write(tmp)`, then upload it to `final` (which must not exist)."""
+    if fs.exists(final):
+        raise FileExistsError(f"{remote_url(protocol, final)} already exists and Vernacular never overwrites results")
+    with tempfile.TemporaryDirectory(prefix="vernacular-upload-") as tmp:
+        write(Path(tmp))
+        for file in sorted(p for p in Path(tmp).rglob("*") if p.is_file()):
+            fs.put_file(str(file), f"{final}/{file.relative_to(tmp).as_posix()}")
+    return final
+
+
+def download_directory(fs, protocol: str, remote: str, cache_root: str | os.PathLike) -> Path:
+    """A local copy of a remote folder under `cache_root/<protocol>/<path>` (reused when complete)."""
+    local = Path(cache_root) / protocol / remote.lstrip("/")
+    if (local / ".complete").is_file():
+        return local
+
+    def fetch(tmp: Path) -> None:
+        prefix = remote.strip("/")
+        for name in fs.find(remote):
+            relative = name.lstrip("/")[len(prefix):].lstrip("/")  # find() may add or drop a leading "/"
+            (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(name, str(tmp / relative))
+        (tmp / ".complete").write_text(remote_url(protocol, remote) + "\n")
+
+    shutil.rmtree(local, ignore_errors=True)  # an incomplete copy from an earlier crash
+    return write_new_directory(local, fetch)
+
+
+def download_file(fs, protocol: str, remote: str, cache_root: str | os.PathLike) -> Path:
+    """A local copy of a remote file under `cache_root/<protocol>/<path>` (reused when the size matches)."""
+    local = Path(cache_root) / protocol / remote.lstrip("/")
+    size = fs.size(remote)
+    if local.is_file() and local.stat().st_size == size:
+        return local
+    return write_file_atomically(local, lambda tmp: fs.get_file(remote, str(tmp)))
