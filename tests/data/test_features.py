@@ -82,3 +82,38 @@ def test_splits_are_written_in_shards_and_read_back_whole(processor, manifest, t
     (tmp_path / "two" / sharded["fingerprint"] / "train-00001.pt").unlink()
     with pytest.raises(FileNotFoundError, match="rerun the features stage"):
         load_split(sharded, "train")
+
+
+def test_manifest_and_feature_index_paths_survive_moving_the_project(processor, speech_clips, tmp_path, monkeypatch):
+    """Paths under the project folder are written relative to it: the folder can move with data/."""
+    import shutil
+
+    from vernacular.data.audio import read_audio
+    from vernacular.data.manifest import AudioLimits, validate_and_normalise
+
+    project = tmp_path / "project"
+    (project / "incoming").mkdir(parents=True)
+    rows = []
+    for i, (text, audio) in enumerate(speech_clips[:3]):
+        write_wav(project / "incoming" / f"c{i}.wav", audio)
+        rows.append({"utterance_id": f"u{i}", "audio_path": str(project / "incoming" / f"c{i}.wav"), "text": text,
+                     "speaker": "v", "offset": 0.0, "duration": None})
+    monkeypatch.chdir(project)
+    clean, quarantine = validate_and_normalise(pd.DataFrame(rows), project, "data/02_intermediate/v/audio",
+                                               AudioLimits())
+    assert len(clean) == 3 and len(quarantine) == 0
+    assert all(not p.startswith("/") for p in clean["audio_path"]), list(clean["audio_path"])
+    assert set(clean["source_audio_path"]) == {f"incoming/c{i}.wav" for i in range(3)}
+    clean["split"] = "train"
+    index = extract_features(clean, processor, "data/04_feature/v/cache", splits=("train",), progress=False)
+    assert not index["path"].startswith("/")
+
+    moved = tmp_path / "elsewhere" / "project"
+    shutil.move(str(project), str(moved))
+    monkeypatch.chdir(moved)
+    assert len(read_audio(clean["audio_path"].iat[0])) > 0
+    assert load_split(index, "train")["utterance_ids"] == ["u0", "u1", "u2"]
+    outside = tmp_path / "outside.wav"
+    write_wav(outside, speech_clips[0][1])
+    from vernacular.common.storage import portable_path
+    assert portable_path(outside) == str(outside.resolve())  # a corpus kept elsewhere stays absolute

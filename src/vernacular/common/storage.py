@@ -93,3 +93,14 @@ def version_of(path: str | os.PathLike | None) -> str | None:
         return None
     path = Path(path)
     return path.parent.name if path.parent.parent.name == path.name else None
+
+
+def portable_path(path: str | os.PathLike) -> str:
+    """`path` as written into manifests and indexes: relative to the project folder (the working
+    directory of a Kedro run, the base of the catalog's own relative paths) when it lies inside
+    it, so the project with its data/ can move; absolute otherwise (a corpus kept elsewhere)."""
+    absolute = Path(path).resolve()
+    try:
+        return absolute.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(absolute)

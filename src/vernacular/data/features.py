@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from vernacular.common.config import build_settings
 from vernacular.common.fileio import file_key, new_digest, write_directory_atomically
+from vernacular.common.storage import portable_path
 from vernacular.data.audio import TARGET_SAMPLE_RATE, read_audio
 from vernacular.models.families import family_for, family_of_processor
 
@@ -117,7 +118,7 @@ def extract_features(manifest: pd.DataFrame, processor, cache_dir: str | Path, s
                 flush(record)
         # n_frames: the fixed input length to pad to (Whisper's 3000); None = pad to the batch's longest clip.
         # n_mels: the feature extractor's feature_size (1 for a raw waveform).
-        index.update({"fingerprint": fingerprint, "path": str(entry.resolve()), "splits": list(splits),
+        index.update({"fingerprint": fingerprint, "path": portable_path(entry), "splits": list(splits),
                       "counts": counts, "shards": shards, "skipped": skipped,
                       "n_mels": int(processor.feature_extractor.feature_size),
                       "n_frames": family.fixed_frames(processor), "family": family.name,

@@ -37,6 +37,7 @@ import pandas as pd
 import soundfile as sf
 
 from vernacular.common.fileio import file_key, sha256_file, sha256_text, short_id
+from vernacular.common.storage import portable_path
 from vernacular.common.text import sentence_key
 from vernacular.data.audio import AUDIO_EXTENSIONS, TARGET_SAMPLE_RATE, AudioError, read_audio, write_wav
 
@@ -711,7 +712,7 @@ def validate_and_normalise(rows: pd.DataFrame, root: str | Path, audio_dir: str 
             quarantine.append({**row, "reason": reason})
             continue
         seen_ids.add(row["utterance_id"])
-        clean.append({**row, "source_audio_path": row["audio_path"], "audio_path": str(target.resolve()),
+        clean.append({**row, "source_audio_path": portable_path(row["audio_path"]), "audio_path": portable_path(target),
                       "duration": round(seconds, 4)})
     clean_frame = pd.DataFrame(clean, columns=[*MANIFEST_COLUMNS, *extras, "source_audio_path"])
     quarantine_frame = pd.DataFrame(quarantine, columns=[*MANIFEST_COLUMNS, *extras, "reason"])
