@@ -117,3 +117,23 @@ def test_manifest_and_feature_index_paths_survive_moving_the_project(processor, 
     write_wav(outside, speech_clips[0][1])
     from vernacular.common.storage import portable_path
     assert portable_path(outside) == str(outside.resolve())  # a corpus kept elsewhere stays absolute
+
+
+def test_a_grown_corpus_computes_only_its_new_utterances_in_parallel_workers(processor, manifest, tmp_path,
+                                                                             speech_clips):
+    first = extract_features(manifest.iloc[:3], processor, tmp_path / "cache", splits=("train",), progress=False)
+    assert (first["utterances_computed"], first["utterances_from_store"]) == (3, 0)
+    grown = manifest.copy()
+    grown["split"] = "train"
+    extra = write_wav(tmp_path / "extra.wav", speech_clips[0][1][: 16000])
+    grown = pd.concat([grown, pd.DataFrame([{"utterance_id": "u9", "audio_path": str(extra), "text": "new clip",
+                                             "speaker": "w", "split": "train"}])], ignore_index=True)
+    second = extract_features(grown, processor, tmp_path / "cache", splits=("train",), progress=False, workers=2)
+    assert second["fingerprint"] != first["fingerprint"]
+    assert (second["utterances_computed"], second["utterances_from_store"]) == (len(grown) - 3, 3)
+    fresh = extract_features(grown, processor, tmp_path / "fresh", splits=("train",), progress=False)
+    assert fresh["utterances_computed"] == len(grown)  # computed in-process from scratch
+    a, b = load_split(second, "train"), load_split(fresh, "train")
+    assert a["utterance_ids"] == b["utterance_ids"] and a["labels"] == b["labels"]
+    assert a["durations"] == b["durations"] and a["pad_values"] == b["pad_values"]
+    assert all(torch.equal(x, y) for x, y in zip(a["features"], b["features"]))

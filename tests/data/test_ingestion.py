@@ -93,17 +93,18 @@ def test_replay_adds_the_last_rows_of_a_real_corpus_to_train_only(tmp_path):
     main = kaldi_part(tmp_path / "main", "1", [f"s{i % 4}" for i in range(8)])
     (main / "text").write_text("".join(f"1{i:04d} Main sentence number {i}.\n" for i in range(8)))
     general = kaldi_part(tmp_path / "general", "9", ["g"] * 6)
-    lines = [f"9{i:04d} General sentence {i}." for i in range(5)] + ["90005 Main sentence number 3."]
+    lines = [f"9{i:04d} GENERAL SENTENCE {i}." for i in range(5)] + ["90005 Main sentence number 3."]
     (general / "text").write_text("\n".join(lines) + "\n")
     split = {"by": "sentence", "validation_fraction": 0.2, "test_fraction": 0.3, "salt": "vernacular"}
     source = {"kind": "manifest", "path": str(main), "format": "kaldi",
-              "replay": {"sets": [{"path": str(general), "format": "kaldi", "name": "general"},
+              "replay": {"sets": [{"path": str(general), "format": "kaldi", "name": "general", "text_case": "sentence"},
                                   {"path": str(tmp_path / "absent"), "format": "kaldi"}], "utterances": 3}}
     storage = {"root": str(tmp_path / "data"), "suffix": ""}
     raw = load_source(source, split, storage, "v")
     replay = raw[raw["replay_set"].notna()] if "replay_set" in raw else raw.iloc[0:0]
     # the last three rows: the control reads the corpus from its start
     assert list(replay["utterance_id"]) == ["90003", "90004", "90005"]
+    assert list(replay["text"])[:2] == ["General sentence 3.", "General sentence 4."]  # text_case: sentence
     clean, quarantine = validate_corpus(raw, LIMITS, storage, "v")
     manifest, report, summary = split_corpus(clean, quarantine, raw, split)
     assert summary["rows_in"] == 11 == summary["clean"] + summary["quarantined"]

@@ -16,7 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from vernacular.common.config import build_settings
-from vernacular.common.fileio import file_key, new_digest, write_directory_atomically
+from vernacular.common.fileio import file_key, new_digest, sha256_file, sha256_text, write_directory_atomically, \
+    write_file_atomically
 from vernacular.common.storage import portable_path
 from vernacular.data.audio import TARGET_SAMPLE_RATE, read_audio
 from vernacular.models.families import family_for, family_of_processor
@@ -28,6 +29,7 @@ class FeatureSettings:
     splits: list[str] = field(default_factory=lambda: ["train", "validation"])
     batch_size: int = 16
     max_label_tokens: int = 440  # longer transcripts are skipped (Whisper's decoder holds 448 positions)
+    workers: int = 1  # processes computing features of new utterances (audio decoding + log-mel); 1: in-process
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "FeatureSettings":
@@ -38,8 +40,15 @@ FEATURE_FORMAT_VERSION = 6  # 3: the family decides the layout; 4: reference tex
 SHARD_UTTERANCES = 256  # a split is written in shards of this many utterances: memory stays flat
 
 
+def _settings_digest(processor, family_name: str) -> str:
+    """Hash of what a stored utterance's features depend on besides its audio."""
+    digest = new_digest(f"v{FEATURE_FORMAT_VERSION}|{family_name}")
+    digest.update(json.dumps(processor.feature_extractor.to_dict(), sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
 def manifest_fingerprint(manifest: pd.DataFrame, processor, params: dict) -> str:
-    """Hash of everything the features depend on: rows, audio files, processor, parameters."""
+    """Hash of everything a cache entry depends on: rows, audio files, processor, parameters."""
     digest = new_digest(f"v{FEATURE_FORMAT_VERSION}")
     digest.update(json.dumps(processor.feature_extractor.to_dict(), sort_keys=True, default=str).encode())
     digest.update(str(len(processor.tokenizer)).encode())
@@ -53,16 +62,95 @@ def manifest_fingerprint(manifest: pd.DataFrame, processor, params: dict) -> str
     return digest.hexdigest()[:20]
 
 
+class UtteranceStore:
+    """Features per utterance, keyed by the content hash of its audio and the processor settings
+    (`cache_dir/utterances/ab/<key>.pt`): a cache entry for a grown corpus computes only the new
+    recordings. Labels are not stored (the tokenizer is cheap and the text may change)."""
+
+    def __init__(self, cache_dir: Path, processor, family_name: str) -> None:
+        self.root = Path(cache_dir) / "utterances"
+        self.settings = _settings_digest(processor, family_name)
+        self._keys: dict[tuple, str] = {}
+
+    def key(self, audio_path: str) -> str:
+        memo = (str(audio_path), *file_key(audio_path))
+        if memo not in self._keys:
+            self._keys[memo] = sha256_text(f"{self.settings}|{sha256_file(audio_path)}")[:32]
+        return self._keys[memo]
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.pt"
+
+    def has(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def load(self, key: str) -> dict:
+        return torch.load(self.path(key), weights_only=True)
+
+
+def _compute_and_store(processor, family, audio_paths: list[str], targets: list[Path]) -> int:
+    audios = [read_audio(p) for p in audio_paths]
+    for target, (features, pad), audio in zip(targets, family.features(processor, audios), audios):
+        item = {"features": features.clone(), "pad_value": float(pad), "samples": len(audio)}
+        write_file_atomically(target, lambda tmp, item=item: torch.save(item, tmp))
+    return len(targets)
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(processor, family_name: str) -> None:
+    torch.set_num_threads(1)  # one process per core
+    _WORKER.update(processor=processor, family=family_for(family_name))
+
+
+def _worker_batch(job: tuple[list[str], list[str]]) -> int:
+    paths, targets = job
+    return _compute_and_store(_WORKER["processor"], _WORKER["family"], paths, [Path(t) for t in targets])
+
+
+def _fill_store(store: UtteranceStore, processor, family, records: list[dict], batch_size: int, workers: int,
+                progress: bool) -> int:
+    """Compute the stored features of every record that has none; return how many were computed."""
+    missing: dict[str, str] = {}
+    for row in records:
+        key = store.key(row["audio_path"])
+        if not store.has(key):
+            missing.setdefault(key, row["audio_path"])
+    if not missing:
+        return 0
+    keys = list(missing)
+    jobs = [([missing[k] for k in keys[i:i + batch_size]], [str(store.path(k)) for k in keys[i:i + batch_size]])
+            for i in range(0, len(keys), batch_size)]
+    bar = tqdm(total=len(keys), desc="features (new utterances)", disable=not progress)
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: forking a process whose torch thread pool is running can hang
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_init_worker, initargs=(processor, family.name)) as pool:
+            for done in pool.map(_worker_batch, jobs):
+                bar.update(done)
+    else:
+        for paths, targets in jobs:
+            bar.update(_compute_and_store(processor, family, paths, [Path(t) for t in targets]))
+    bar.close()
+    return len(keys)
+
+
 def extract_features(manifest: pd.DataFrame, processor, cache_dir: str | Path, splits=("train", "validation"),
                      batch_size: int = 16, max_label_tokens: int = 440, progress: bool = True,
-                     family=None) -> dict:
+                     family=None, workers: int = 1) -> dict:
     """Compute (or reuse) features for `splits`; return the index describing the cache entry.
 
     `family`: a `vernacular.models.families.ModelFamily` or its name; None means Whisper and is only
     accepted with a WhisperProcessor. The cache entry is `cache_dir/<fingerprint>/` with shards
     `<split>-NNNNN.pt` of at most SHARD_UTTERANCES utterances, each written as soon as it is full, so
     the stage's memory does not grow with the corpus. When the entry already exists the work is
-    skipped and `reused` is True in the returned index.
+    skipped and `reused` is True in the returned index. Otherwise the shards are assembled from the
+    per-utterance store (`UtteranceStore`), computing only utterances it lacks, in `workers`
+    processes; the index counts them (`utterances_computed`, `utterances_from_store`).
     """
     family = family_of_processor(processor) if family is None else family_for(family)
     params = {"splits": list(splits), "max_label_tokens": max_label_tokens, "family": family.name}
@@ -75,6 +163,8 @@ def extract_features(manifest: pd.DataFrame, processor, cache_dir: str | Path, s
         index = json.loads(index_path.read_text())
         index["reused"] = True
         return index
+    store = UtteranceStore(cache_dir, processor, family.name)
+    computed = _fill_store(store, processor, family, rows.to_dict("records"), batch_size, workers, progress)
     skipped, counts, shards, with_unknown = [], {}, {}, 0
     unk_id = family.unknown_token_id(processor)
     index: dict = {}
@@ -93,27 +183,24 @@ def extract_features(manifest: pd.DataFrame, processor, cache_dir: str | Path, s
                 counts[split] += len(record["utterance_ids"])
                 return _empty_record()
 
-            records = part.to_dict("records")
-            for start in tqdm(range(0, len(records), batch_size), desc=f"features {split}", disable=not progress):
-                chunk = records[start:start + batch_size]
-                audios = [read_audio(r["audio_path"]) for r in chunk]
-                for row, (features, pad), audio in zip(chunk, family.features(processor, audios), audios):
-                    ids = family.label_ids(processor, row["text"])
-                    if len(ids) > max_label_tokens:
-                        skipped.append({"utterance_id": row["utterance_id"], "split": split,
-                                        "reason": f"transcript is {len(ids)} tokens > {max_label_tokens}"})
-                        continue
-                    with_unknown += unk_id is not None and unk_id in ids
-                    record["utterance_ids"].append(row["utterance_id"])
-                    record["features"].append(features)
-                    record["pad_values"].append(pad)
-                    record["labels"].append(ids)
-                    record["durations"].append(len(audio) / TARGET_SAMPLE_RATE)
-                    record["speakers"].append(row["speaker"])
-                    record["audio_paths"].append(row["audio_path"])
-                    record["texts"].append(row["text"])  # validation WER scores against the transcript itself
-                    if len(record["utterance_ids"]) >= SHARD_UTTERANCES:
-                        record = flush(record)
+            for row in part.to_dict("records"):
+                ids = family.label_ids(processor, row["text"])
+                if len(ids) > max_label_tokens:
+                    skipped.append({"utterance_id": row["utterance_id"], "split": split,
+                                    "reason": f"transcript is {len(ids)} tokens > {max_label_tokens}"})
+                    continue
+                item = store.load(store.key(row["audio_path"]))
+                with_unknown += unk_id is not None and unk_id in ids
+                record["utterance_ids"].append(row["utterance_id"])
+                record["features"].append(item["features"])
+                record["pad_values"].append(item["pad_value"])
+                record["labels"].append(ids)
+                record["durations"].append(item["samples"] / TARGET_SAMPLE_RATE)
+                record["speakers"].append(row["speaker"])
+                record["audio_paths"].append(row["audio_path"])
+                record["texts"].append(row["text"])  # validation WER scores against the transcript itself
+                if len(record["utterance_ids"]) >= SHARD_UTTERANCES:
+                    record = flush(record)
             if record["utterance_ids"] or not shards[split]:
                 flush(record)
         # n_frames: the fixed input length to pad to (Whisper's 3000); None = pad to the batch's longest clip.
@@ -123,6 +210,7 @@ def extract_features(manifest: pd.DataFrame, processor, cache_dir: str | Path, s
                       "n_mels": int(processor.feature_extractor.feature_size),
                       "n_frames": family.fixed_frames(processor), "family": family.name,
                       "feature_layout": family.feature_layout, "labels_with_unknown_tokens": int(with_unknown),
+                      "utterances_computed": computed, "utterances_from_store": len(rows) - computed,
                       "format_version": FEATURE_FORMAT_VERSION})
         (tmp / "index.json").write_text(json.dumps(index, indent=2))
 

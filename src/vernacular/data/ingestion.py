@@ -43,6 +43,11 @@ class ReplaySet:
     path: str
     format: str = "auto"
     name: str | None = None
+    text_case: str = "as_is"  # sentence: an UPPER-CASE corpus in the model's own sentence case
+
+    def __post_init__(self) -> None:
+        if self.text_case not in TEXT_CASES:
+            raise ValueError(f"source.replay.sets[].text_case must be `as_is` or `sentence`, got {self.text_case!r}")
 
 
 @dataclass
@@ -190,6 +195,8 @@ def replay_rows(replay: ReplaySettings) -> list[pd.DataFrame]:
         root = default_root(path)
         rows = resolve_rows(rows, root)
         rows = rows[rows["text"].astype(str).str.strip().str.len() > 0].tail(replay.utterances).copy()
+        if spec.text_case == "sentence":
+            rows["text"] = [sentence_case(t) for t in rows["text"]]
         rows["parse_error"] = None
         rows["corpus_root"] = str(Path(root).resolve())
         rows["manifest_path"] = str(path.resolve())

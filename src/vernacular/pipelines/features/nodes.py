@@ -28,7 +28,8 @@ def build_features(manifest: pd.DataFrame, base_model: dict, features: dict, sto
     settings = FeatureSettings.from_dict(features)
     index = extract_features(manifest, load_processor(base_model), StorageLayout.for_vertical(vertical, storage)
                              .feature_cache_dir, splits=tuple(settings.splits), batch_size=settings.batch_size,
-                             max_label_tokens=settings.max_label_tokens, family=base_model)
+                             max_label_tokens=settings.max_label_tokens, family=base_model, workers=settings.workers)
     log.info("features %s (%s family): %s (%s)", index["fingerprint"], index["family"], index["counts"],
-             "reused cache" if index["reused"] else "computed")
+             "reused cache entry" if index["reused"] else
+             f"{index['utterances_computed']} utterances computed, {index['utterances_from_store']} from the store")
     return index
