@@ -57,7 +57,7 @@ class ReplaySettings:
     are used: the forgetting control reads its corpora from the start, so the two stay disjoint."""
 
     sets: list[ReplaySet] = field(default_factory=list)
-    utterances: int = 0  # per corpus; 0: off
+    utterances: int = 150  # per corpus; 0: off
     when_missing: str = "warn"  # warn | error: a configured corpus that does not exist
 
     def __post_init__(self) -> None:

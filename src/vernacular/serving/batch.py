@@ -34,6 +34,7 @@ from vernacular.models.loading import (adapter_speech_task, device_name, load_ad
                                       pick_device, speech_task, with_speech_task)
 from vernacular.serving.ct2 import CT2Settings, FasterWhisperModel, ct2_model_dir, export_quantization
 from vernacular.serving.decoding import transcribe
+from vernacular.serving.ray_engine import RaySettings, ray_batches
 from vernacular.serving.subtitles import SUBTITLE_FORMATS, subtitles
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ LOCK_FILE = ".lock"
 SUBTITLES_DIR = "subtitles"
 
 
+ENGINES = ("local", "ray")
 BACKENDS = ("auto", "ctranslate2", "transformers")
 
 
@@ -77,8 +79,14 @@ class BatchSettings:
     backend: str = "auto"
     ct2: CT2Settings = field(default_factory=CT2Settings)
     subtitles: list[str] = field(default_factory=list)  # srt, vtt: beside each run's results (timed backends)
+    engine: str = "local"  # local (this process) | ray (a pool of model actors on a Ray cluster)
+    ray: RaySettings = field(default_factory=RaySettings)
 
     def __post_init__(self) -> None:
+        if isinstance(self.ray, dict):
+            self.ray = RaySettings.from_dict(self.ray)
+        if self.engine not in ENGINES:
+            raise ValueError(f"transcription.engine must be one of {list(ENGINES)}, got {self.engine!r}")
         if isinstance(self.decoding, dict):
             self.decoding = DecodeSettings.from_dict(self.decoding, "transcription.decoding")
         if isinstance(self.ct2, dict):
@@ -455,28 +463,45 @@ def run_inbox(files: dict[str, str], results_dir: str | os.PathLike, load: Calla
         run_dir.mkdir(parents=True)
         started_at = dt.datetime.now(tz=dt.timezone.utc).isoformat(timespec="seconds")
         started = time.perf_counter()
-        transcriber = load()
-        load_seconds = time.perf_counter() - started
         batches = plan_batches(pending, settings)
-        log.info("%s: %d new file(s) in %d batch(es), run %s", vertical or "inbox", len(pending), len(batches), run_id)
+        if settings.engine == "ray":
+            model, finished = ray_batches(batches, load, run_id, settings.ray)
+        else:
+            transcriber = load()
+            model = describe_transcriber(transcriber)
+            finished = (transcribe_batch(transcriber, batch, run_id) for batch in batches)
+        load_seconds = time.perf_counter() - started
+        log.info("%s: %d new file(s) in %d batch(es), run %s, %s engine", vertical or "inbox", len(pending),
+                 len(batches), run_id, settings.engine)
         records = []
-        for number, batch in enumerate(batches):
-            batch_records = transcribe_batch(transcriber, batch, run_id)
-            if interrupt_after_batches is not None and number >= interrupt_after_batches:
-                raise RunInterrupted(f"interrupted in batch {number + 1} of {len(batches)} before writing it")
-            _append_lines(run_dir / RESULTS_FILE, batch_records)
-            write_subtitle_files(batch_records, run_dir / SUBTITLES_DIR, settings.subtitles)
-            records.extend(batch_records)
-        summary = summarise(records, run_id=run_id, vertical=vertical, transcriber=transcriber,
+        try:
+            for number, batch_records in enumerate(finished):
+                if interrupt_after_batches is not None and number >= interrupt_after_batches:
+                    raise RunInterrupted(f"interrupted in batch {number + 1} of {len(batches)} before writing it")
+                _append_lines(run_dir / RESULTS_FILE, batch_records)
+                write_subtitle_files(batch_records, run_dir / SUBTITLES_DIR, settings.subtitles)
+                records.extend(batch_records)
+        finally:
+            finished.close()  # the Ray engine stops its actors
+        summary = summarise(records, run_id=run_id, vertical=vertical, model=model,
                             already_done=skipped, started_at=started_at, load_seconds=load_seconds,
-                            wall_seconds=time.perf_counter() - started, results_file=str(run_dir / RESULTS_FILE))
+                            wall_seconds=time.perf_counter() - started, results_file=str(run_dir / RESULTS_FILE),
+                            engine=settings.engine)
         write_text_atomically(run_dir / SUMMARY_JSON, json.dumps(summary, indent=2) + "\n")
         write_text_atomically(run_dir / SUMMARY_MD, render_summary(summary))
         return summary
 
 
-def summarise(records: list[dict], *, run_id: str, vertical: str, transcriber: Transcriber, already_done: int,
-              started_at: str, load_seconds: float, wall_seconds: float, results_file: str) -> dict:
+def describe_transcriber(transcriber: Transcriber) -> dict:
+    """What a run's summary says about the model that served it."""
+    return {"base_model": transcriber.base_model, "language": transcriber.language,
+            "adapter_path": transcriber.adapter_path, "adapter_version": transcriber.adapter_version,
+            "merged": transcriber.settings.merge, "device_name": transcriber.device_name,
+            "backend": transcriber.backend, "batch_size": transcriber.settings.batch_size}
+
+
+def summarise(records: list[dict], *, run_id: str, vertical: str, model: dict, already_done: int,
+              started_at: str, load_seconds: float, wall_seconds: float, results_file: str, engine: str = "local") -> dict:
     ok = [r for r in records if r["status"] == "ok"]
     audio = sum(r["duration_s"] for r in ok)
     decode = sum(r["seconds"] for r in ok)
@@ -486,10 +511,11 @@ def summarise(records: list[dict], *, run_id: str, vertical: str, transcriber: T
             "audio_seconds": audio, "transcribe_seconds": decode, "model_load_seconds": load_seconds,
             "wall_seconds": wall_seconds, "real_time_factor": decode / audio if audio else None,
             "longest_file_s": max((r["duration_s"] for r in ok), default=0.0),
-            "chunks": sum(r["chunks"] for r in ok), "base_model": transcriber.base_model,
-            "language": transcriber.language, "adapter_path": transcriber.adapter_path, "adapter_version": transcriber.adapter_version,
-            "merged": transcriber.settings.merge, "device": transcriber.device_name, "backend": transcriber.backend,
-            "batch_size": transcriber.settings.batch_size, "results_file": results_file}
+            "chunks": sum(r["chunks"] for r in ok), "base_model": model["base_model"],
+            "language": model["language"], "adapter_path": model["adapter_path"],
+            "adapter_version": model["adapter_version"], "merged": model["merged"], "device": model["device_name"],
+            "backend": model["backend"], "batch_size": model["batch_size"], "engine": engine,
+            "results_file": results_file}
 
 
 def render_summary(summary: dict) -> str:
