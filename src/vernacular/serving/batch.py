@@ -264,9 +264,12 @@ def load_transcriber(base_model: dict, adapter_dir: str | None, settings: BatchS
         # a model that cannot take the language stops here, before any export
         family_for(base_model).set_speech_task(load_processor(base_model), None, *speech_task(base_model))
         compute_type = settings.ct2.compute_type(device.type)
+        ct2 = settings.ct2
+        if settings.subtitles and ct2.window_seconds:  # subtitles need the times of each stretch of speech
+            ct2 = dataclasses.replace(ct2, window_seconds=0.0)
         model_dir = ct2_model_dir(base_model, adapter_dir, ct2_cache_dir, export_quantization(compute_type))
         language, task = speech_task(base_model)
-        served = FasterWhisperModel(model_dir, device.type, settings.ct2, None if language == "auto" else language,
+        served = FasterWhisperModel(model_dir, device.type, ct2, None if language == "auto" else language,
                                     task)
         return Transcriber(None, None, device, settings, base_model["name_or_path"],
                            str(adapter_dir) if adapter_dir else None, version_of(adapter_dir),

@@ -48,12 +48,19 @@ class CT2Settings:
     no_speech_threshold: float = 0.6            # with a low log-prob above this: the segment is silence
     condition_on_previous_text: bool = False    # True propagates a loop from one segment to the next
     word_timestamps: bool = False               # words with times in each segment (slower)
+    # Consecutive stretches of speech are decoded together in windows of up to this many seconds
+    # (each window is padded to Whisper's 30 s, so one short stretch per window wastes most of
+    # the compute); a segment's times are then its window's. 0: one segment per stretch, the
+    # times of the speech itself (what subtitles use: `transcription.subtitles` implies 0).
+    window_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         if self.beam_size < 1 or self.batch_size < 1 or self.cpu_threads < 0 or self.min_silence_ms < 0 \
                 or self.speech_pad_ms < 0:
             raise ValueError("transcription.ct2.beam_size and batch_size must be >= 1; cpu_threads, min_silence_ms "
                              "and speech_pad_ms >= 0")
+        if not 0 <= self.window_seconds <= 30:
+            raise ValueError(f"transcription.ct2.window_seconds must be in [0, 30], got {self.window_seconds}")
         if not self.temperatures or any(t < 0 for t in self.temperatures):
             raise ValueError("transcription.ct2.temperatures must be a non-empty list of values >= 0")
 
@@ -107,6 +114,17 @@ def ct2_model_dir(base_model: dict, adapter_dir: str | os.PathLike | None, cache
     return target
 
 
+def speech_windows(clips: list[dict], window_seconds: float) -> list[dict]:
+    """Consecutive speech stretches joined while the window spans at most `window_seconds`."""
+    windows: list[dict] = []
+    for clip in clips:
+        if windows and window_seconds > 0 and clip["end"] - windows[-1]["start"] <= window_seconds:
+            windows[-1]["end"] = clip["end"]
+        else:
+            windows.append(dict(clip))
+    return windows
+
+
 class FasterWhisperModel:
     """faster-whisper on an exported model: one call transcribes one recording (any length)."""
 
@@ -132,8 +150,9 @@ class FasterWhisperModel:
 
         options = VadOptions(min_silence_duration_ms=self.settings.min_silence_ms,
                              speech_pad_ms=self.settings.speech_pad_ms, max_speech_duration_s=30)
-        return [{"start": c["start"] / TARGET_SAMPLE_RATE, "end": c["end"] / TARGET_SAMPLE_RATE}
-                for c in get_speech_timestamps(audio, options)]
+        clips = [{"start": c["start"] / TARGET_SAMPLE_RATE, "end": c["end"] / TARGET_SAMPLE_RATE}
+                 for c in get_speech_timestamps(audio, options)]
+        return speech_windows(clips, self.settings.window_seconds)
 
     def transcribe(self, audio: np.ndarray) -> dict:
         """{"text", "segments": [{"start", "end", "text", "avg_logprob", "no_speech_prob", "words"?}],
