@@ -46,23 +46,14 @@ def test_segment_times_match_the_known_speech_within_half_a_second(embedded_base
         assert seg["avg_logprob"] < 0 and 0 <= seg["no_speech_prob"] <= 1
     assert "small left" in result["text"].lower() and result["detected_language"] == "en"
 
-    # the default joins consecutive stretches into windows of up to 30 s: fewer, longer segments
-    # that start and end where speech does
+    # the default joins the stretches (silence cut out) into windows of up to 30 s: fewer, longer
+    # segments that start and end where speech does
     (windowed,) = load_transcriber(embedded_base, None, BatchSettings(device="cpu"), tmp_path / "ct2").transcribe_audio([audio])
     starts, ends = [s for s, _ in truth], [e for _, e in truth]
     assert len(windowed["segments"]) < len(truth)
     for seg in windowed["segments"]:
         assert min(abs(seg["start"] - s) for s in starts) <= 0.5 and min(abs(seg["end"] - e) for e in ends) <= 0.5
         assert seg["end"] - seg["start"] <= 30.5
-
-
-def test_speech_windows_join_consecutive_stretches_up_to_the_window():
-    from vernacular.serving.ct2 import speech_windows
-
-    clips = [{"start": 0.0, "end": 4.0}, {"start": 5.0, "end": 20.0}, {"start": 21.0, "end": 31.0},
-             {"start": 40.0, "end": 41.0}]
-    assert speech_windows(clips, 30.0) == [{"start": 0.0, "end": 20.0}, {"start": 21.0, "end": 41.0}]
-    assert speech_windows(clips, 0.0) == clips
 
 
 def test_the_export_is_made_once_per_adapter_version(tiny_whisper, tmp_path):

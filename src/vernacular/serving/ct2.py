@@ -114,17 +114,6 @@ def ct2_model_dir(base_model: dict, adapter_dir: str | os.PathLike | None, cache
     return target
 
 
-def speech_windows(clips: list[dict], window_seconds: float) -> list[dict]:
-    """Consecutive speech stretches joined while the window spans at most `window_seconds`."""
-    windows: list[dict] = []
-    for clip in clips:
-        if windows and window_seconds > 0 and clip["end"] - windows[-1]["start"] <= window_seconds:
-            windows[-1]["end"] = clip["end"]
-        else:
-            windows.append(dict(clip))
-    return windows
-
-
 class FasterWhisperModel:
     """faster-whisper on an exported model: one call transcribes one recording (any length)."""
 
@@ -150,27 +139,34 @@ class FasterWhisperModel:
 
         options = VadOptions(min_silence_duration_ms=self.settings.min_silence_ms,
                              speech_pad_ms=self.settings.speech_pad_ms, max_speech_duration_s=30)
-        clips = [{"start": c["start"] / TARGET_SAMPLE_RATE, "end": c["end"] / TARGET_SAMPLE_RATE}
-                 for c in get_speech_timestamps(audio, options)]
-        return speech_windows(clips, self.settings.window_seconds)
+        return [{"start": c["start"] / TARGET_SAMPLE_RATE, "end": c["end"] / TARGET_SAMPLE_RATE}
+                for c in get_speech_timestamps(audio, options)]
 
     def transcribe(self, audio: np.ndarray) -> dict:
         """{"text", "segments": [{"start", "end", "text", "avg_logprob", "no_speech_prob", "words"?}],
         "language", "language_probability"} for one 16 kHz mono recording.
 
-        Each stretch of speech the VAD finds is decoded as one segment (batched), so a segment's times
-        are where the speech is; faster-whisper's own VAD mode joins stretches into 30-s windows, whose
-        timestamps tiny models predict poorly."""
+        With `window_seconds` > 0 faster-whisper's own VAD mode runs: the stretches of speech are cut
+        out of the silence and joined into windows of up to that length, one segment per window (its
+        times mapped back to the recording). With 0, each stretch is decoded as one segment, so a
+        segment's times are where its speech is (what subtitles need), at one 30-s encoder pass per
+        stretch."""
         s = self.settings
         clips = self.speech_clips(audio)
         if clips == []:  # no speech at all
             return {"text": "", "segments": [], "language": self.language, "language_probability": None}
+        if clips is not None and s.window_seconds > 0:
+            where = {"vad_filter": True, "vad_parameters": {"min_silence_duration_ms": s.min_silence_ms,
+                                                            "speech_pad_ms": s.speech_pad_ms,
+                                                            "max_speech_duration_s": s.window_seconds}}
+        else:
+            where = {"vad_filter": False, "clip_timestamps": clips}
         segments, info = self.pipeline.transcribe(
             audio, language=self.language, task=self.task, beam_size=s.beam_size,
             temperature=list(s.temperatures), compression_ratio_threshold=s.compression_ratio_threshold,
             log_prob_threshold=s.log_prob_threshold, no_speech_threshold=s.no_speech_threshold,
             condition_on_previous_text=s.condition_on_previous_text, word_timestamps=s.word_timestamps,
-            vad_filter=False, clip_timestamps=clips, batch_size=s.batch_size)
+            batch_size=s.batch_size, **where)
         out = []
         for seg in segments:
             entry = {"start": round(float(seg.start), 3), "end": round(float(seg.end), 3), "text": seg.text.strip(),
