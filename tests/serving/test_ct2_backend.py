@@ -48,7 +48,9 @@ def test_segment_times_match_the_known_speech_within_half_a_second(embedded_base
 
     # the default joins the stretches (silence cut out) into windows of up to 30 s: fewer, longer
     # segments that start and end where speech does
-    (windowed,) = load_transcriber(embedded_base, None, BatchSettings(device="cpu"), tmp_path / "ct2").transcribe_audio([audio])
+    (windowed, quiet) = load_transcriber(embedded_base, None, BatchSettings(device="cpu"), tmp_path / "ct2") \
+        .transcribe_audio([audio, np.zeros(5 * 16000, dtype=np.float32)])
+    assert quiet["text"] == "" and quiet["segments"] == []  # silence: nothing, not a hallucination
     starts, ends = [s for s, _ in truth], [e for _, e in truth]
     assert len(windowed["segments"]) < len(truth)
     for seg in windowed["segments"]:

@@ -152,14 +152,14 @@ class FasterWhisperModel:
         segment's times are where its speech is (what subtitles need), at one 30-s encoder pass per
         stretch."""
         s = self.settings
-        clips = self.speech_clips(audio)
-        if clips == []:  # no speech at all
-            return {"text": "", "segments": [], "language": self.language, "language_probability": None}
-        if clips is not None and s.window_seconds > 0:
+        if s.vad_filter and s.window_seconds > 0:  # one VAD pass, faster-whisper's
             where = {"vad_filter": True, "vad_parameters": {"min_silence_duration_ms": s.min_silence_ms,
                                                             "speech_pad_ms": s.speech_pad_ms,
                                                             "max_speech_duration_s": s.window_seconds}}
         else:
+            clips = self.speech_clips(audio)
+            if clips == []:  # no speech at all
+                return {"text": "", "segments": [], "language": self.language, "language_probability": None}
             where = {"vad_filter": False, "clip_timestamps": clips}
         segments, info = self.pipeline.transcribe(
             audio, language=self.language, task=self.task, beam_size=s.beam_size,
