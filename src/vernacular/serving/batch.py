@@ -468,7 +468,8 @@ def run_inbox(files: dict[str, str], results_dir: str | os.PathLike, load: Calla
         started = time.perf_counter()
         batches = plan_batches(pending, settings)
         if settings.engine == "ray":
-            model, finished = ray_batches(batches, load, run_id, settings.ray)
+            model, finished = ray_batches(batches, load, run_id, settings.ray, run=transcribe_batch,
+                                          describe=describe_transcriber)
         else:
             transcriber = load()
             model = describe_transcriber(transcriber)

@@ -59,31 +59,33 @@ def start(settings: RaySettings):
 
 
 class _Worker:
-    """One actor: loads the model once, then transcribes batches."""
+    """One actor: loads the model once, then transcribes batches with the functions it was given
+    (the batch module's, passed in so that this module does not import it)."""
 
-    def __init__(self, load: Callable):
+    def __init__(self, load: Callable, run: Callable, describe: Callable):
         self.transcriber = load()
+        self._run, self._describe = run, describe
 
     def describe(self) -> dict:
-        from vernacular.serving.batch import describe_transcriber
-        return describe_transcriber(self.transcriber)
+        return self._describe(self.transcriber)
 
     def run(self, batch: list, run_id: str) -> list[dict]:
-        from vernacular.serving.batch import transcribe_batch
-        return transcribe_batch(self.transcriber, batch, run_id)
+        return self._run(self.transcriber, batch, run_id)
 
 
-def ray_batches(batches: list, load: Callable, run_id: str, settings: RaySettings) -> tuple[dict, Iterator[list[dict]]]:
+def ray_batches(batches: list, load: Callable, run_id: str, settings: RaySettings, run: Callable,
+                describe: Callable) -> tuple[dict, Iterator[list[dict]]]:
     """(the model's description, an iterator over finished batches' records, in completion order).
 
-    `load` (a picklable callable returning a Transcriber) runs once in each actor."""
+    `load` (a picklable callable returning a Transcriber) runs once in each actor; `run(transcriber,
+    batch, run_id)` transcribes a batch there and `describe(transcriber)` says what the model is."""
     ray, started = start(settings)
     gpus = settings.gpus_per_actor
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     count = max(1, min(settings.actors, len(batches)))
     actor_class = ray.remote(num_cpus=settings.cpus_per_actor, num_gpus=gpus)(_Worker)
-    actors = [actor_class.remote(load) for _ in range(count)]
+    actors = [actor_class.remote(load, run, describe) for _ in range(count)]
     log.info("ray: %d actor(s) (%s CPU, %s GPU each) for %d batch(es)", count, settings.cpus_per_actor, gpus,
              len(batches))
     info = ray.get(actors[0].describe.remote())
