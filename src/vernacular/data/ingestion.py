@@ -16,8 +16,8 @@ import pandas as pd
 from vernacular.common.config import build_settings
 from vernacular.common.text import sentence_case
 from vernacular.data.corpus import SyntheticCorpusSettings, build_synthetic_corpus
-from vernacular.data.manifest import AudioLimits, ManifestError, default_root, is_glob, read_manifest, \
-    resolve_rows, split_manifest, validate_and_normalise
+from vernacular.data.manifest import AudioLimits, ManifestError, corpus_name, default_root, read_manifest, \
+    resolve_rows, source_exists, split_manifest, validate_and_normalise
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +181,7 @@ def replay_rows(replay: ReplaySettings) -> list[pd.DataFrame]:
     frames = []
     for spec in replay.sets:
         path = Path(spec.path)
-        found = any(path.parent.glob(path.name)) if is_glob(path) else path.exists()
-        if not found:
+        if not source_exists(path):
             if replay.when_missing == "error":
                 raise ManifestError(f"source.replay: {spec.path} does not exist; point source.replay.sets at real "
                                     "general speech of yours, or set source.replay.utterances: 0")
@@ -201,7 +200,7 @@ def replay_rows(replay: ReplaySettings) -> list[pd.DataFrame]:
         rows["corpus_root"] = str(Path(root).resolve())
         rows["manifest_path"] = str(path.resolve())
         rows["given_split"] = "train"
-        rows["replay_set"] = spec.name or (path.parent.name if path.name == "wav.scp" or is_glob(path) else path.name)
+        rows["replay_set"] = corpus_name(path, spec.name)
         log.info("source.replay: %d rows of %s (%s) added to the training split", len(rows), rows["replay_set"].iat[0]
                  if len(rows) else spec.path, spec.path)
         frames.append(rows)

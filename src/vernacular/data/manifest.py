@@ -198,6 +198,20 @@ def is_glob(path: str | Path) -> bool:
     return bool(_GLOB_CHARS & set(Path(path).name))
 
 
+def source_exists(path: str | Path) -> bool:
+    """A corpus path (file, folder, or a glob over file names) that names at least one thing."""
+    p = Path(path)
+    return any(p.parent.glob(p.name)) if is_glob(p) else p.exists()
+
+
+def corpus_name(path: str | Path, name: str | None = None) -> str:
+    """A short name for a corpus in reports: `name`, else its folder (Kaldi dir, audiofolder, glob) or file name."""
+    if name:
+        return name
+    p = Path(path)
+    return p.parent.name if p.name in ("wav.scp", "metadata.csv") or is_glob(p) else p.name
+
+
 def sha256_source(path: str | Path) -> dict:
     """SHA-256 of a source manifest: a file, or a corpus directory (Kaldi data dir, audiofolder).
 

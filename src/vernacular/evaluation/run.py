@@ -18,7 +18,8 @@ from vernacular.common.fileio import (file_key, new_digest, sha256_text, short_i
 from vernacular.common.text import sentence_key, slug
 from vernacular.data.audio import TARGET_SAMPLE_RATE, read_audio
 from vernacular.data.corpus import load_sentences
-from vernacular.data.manifest import default_root, is_glob, read_manifest, resolve_rows, sha256_source
+from vernacular.data.manifest import corpus_name, default_root, read_manifest, resolve_rows, sha256_source, \
+    source_exists
 from vernacular.data.synth import render
 from vernacular.evaluation.metrics import (PAIRED_TEST, compare_systems, count_loops, error_rates, evaluate,
                                            forgetting_check, normalise, per_utterance_errors, term_recall, worst_groups)
@@ -121,23 +122,11 @@ class ForgettingSettings:
         """(the corpora to use, the configured ones not found)."""
         if self.manifest:
             return [ControlSet(path=self.manifest, format=self.manifest_format)], []
-        present = [s for s in self.sets if _exists(s.path)]
+        present = [s for s in self.sets if source_exists(s.path)]
         return present, [s.path for s in self.sets if s not in present]
 
 
 CONTROL_COLUMNS = ["utterance_id", "text", "speaker", "audio_path", "offset", "duration", "control_set"]
-
-
-def _exists(path: str) -> bool:
-    p = Path(path)
-    return any(p.parent.glob(p.name)) if is_glob(p) else p.exists()
-
-
-def _set_name(spec: ControlSet) -> str:
-    if spec.name:
-        return spec.name
-    p = Path(spec.path)
-    return p.parent.name if p.name in ("wav.scp", "metadata.csv") or is_glob(p) else p.name
 
 
 def control_set(settings: ForgettingSettings, cache_dir: str | Path | None, exclude_texts=(), limit: int | None = None
@@ -165,9 +154,9 @@ def control_set(settings: ForgettingSettings, cache_dir: str | Path | None, excl
             keep = (rows["text"].astype(str).str.strip().str.len() > 0) & \
                 ~rows["text"].astype(str).map(sentence_key).isin(excluded)
             rows = rows[keep].head(count).copy()
-            rows["control_set"] = _set_name(spec)
+            rows["control_set"] = corpus_name(spec.path, spec.name)
             frames.append(rows[CONTROL_COLUMNS])
-        names = [_set_name(s) for s in present]
+        names = [corpus_name(s.path, s.name) for s in present]
         info = {"kind": "real", "sets": names, "missing": missing,
                 "description": "real speech: " + " + ".join(f"{n} ({len(f)})" for n, f in zip(names, frames))}
         return pd.concat(frames, ignore_index=True), info
