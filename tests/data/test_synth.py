@@ -175,3 +175,13 @@ def test_two_threads_get_the_sequential_results():
         thread.join(timeout=60)
     assert not errors
     assert results == {0: [expected[0]] * 4, 1: [expected[1]] * 4}
+
+
+def test_phonemize_gives_ipa_per_clause_in_the_voice_accent():
+    from vernacular.data.synth import phonemize
+
+    us = phonemize("No pneumothorax. Mild cardiomegaly.", "en-us")
+    assert len(us) == 2 and "θ" in us[0] and "ˈ" in us[0]  # IPA with stress marks
+    assert phonemize("Good morning", "en-gb-x-rp") != phonemize("Good morning", "en-us")  # rhotic vs not
+    with pytest.raises(ValueError, match="voice"):
+        phonemize("Hello", "xx-nowhere")

@@ -25,7 +25,7 @@ def test_forgetting_on_two_real_corpora_is_reported_per_corpus_everywhere(tiny_w
     settings = EvaluationSettings.from_dict({
         "device": "cpu", "progress": False, "latency_segments": 1, "latency_repeats": 1, "serving_check": False,
         "bootstrap": {"n_resamples": 50}, "decoding": {"min_new_tokens_cap": 4, "max_tokens_per_second": 2.0},
-        "forgetting": {"sets": sets}})
+        "forgetting": {"sets": sets}, "unseen_voices": {"enabled": False}})
     adapter = str(save_adapter(tiny_whisper, tmp_path / "adapter", seed=0))
     before = evaluation_fingerprint(test, tiny_whisper, adapter, settings, "cpu")
 

@@ -11,6 +11,7 @@ from vernacular.serving.batch import BatchSettings
 
 SETTINGS = {"device": "cpu", "progress": False, "latency_segments": 1, "latency_repeats": 1,
             "bootstrap": {"n_resamples": 50}, "forgetting": {"enabled": False},
+            "unseen_voices": {"enabled": False},
             "decoding": {"min_new_tokens_cap": 4, "max_tokens_per_second": 2.0}}
 
 

@@ -57,6 +57,11 @@ class StorageLayout:
         return self._layer("01_raw") / "control"
 
     @property
+    def unseen_voice_dir(self) -> Path:
+        """Audio of the test sentences read by the unseen synthesiser (Kokoro)."""
+        return self._layer("01_raw") / "unseen_voices"
+
+    @property
     def clean_audio_dir(self) -> Path:
         return self._layer("02_intermediate") / "audio"
 

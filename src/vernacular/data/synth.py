@@ -113,6 +113,24 @@ def _worker_main() -> None:
         lib.espeak_Synchronize()
         return {"sample_rate": sample_rate}, b"".join(chunks)
 
+    lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+    lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
+
+    def phonemes(req):
+        voice = req["voice"]
+        code = lib.espeak_SetVoiceByName(voice.encode())
+        if code != 0:
+            return {"error": f"espeak_SetVoiceByName({voice!r}) returned {code}", "kind": "voice"}, b""
+        buffer = ctypes.create_string_buffer(req["text"].encode("utf-8"))
+        pointer = ctypes.c_void_p(ctypes.addressof(buffer))
+        clauses = []
+        while pointer.value:  # one clause per call; the pointer moves on (NULL at the end)
+            # espeakCHARS_UTF8 = 1; phonememode 0x02: IPA as UTF-8
+            clause = lib.espeak_TextToPhonemes(ctypes.byref(pointer), 1, 0x02)
+            if clause:
+                clauses.append(clause.decode("utf-8", "replace"))
+        return {}, json.dumps(clauses).encode()
+
     def list_voices(spec):
         found = []
         voices = lib.espeak_ListVoices(spec)
@@ -136,7 +154,7 @@ def _worker_main() -> None:
         spec.languages = ctypes.cast(ctypes.c_char_p(b"variant"), ctypes.c_void_p)
         return {"voices": list_voices(None), "variants": list_voices(ctypes.byref(spec))}, b""
 
-    handlers = {"synth": synth, "voices": voices}
+    handlers = {"synth": synth, "voices": voices, "phonemes": phonemes}
     send(proto, {"ready": True, "sample_rate": sample_rate})
     for line in sys.stdin.buffer:
         request = json.loads(line)
@@ -347,6 +365,18 @@ def synthesize(text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50
     return np.clip(audio, -1.0, 1.0).astype(np.float32, copy=False)
 
 
+def phonemize(text: str, voice: str = "en-us") -> list[str]:
+    """The IPA pronunciation of `text` in espeak-ng's `voice` (its accent), one string per clause
+    (punctuation ends a clause and is not kept)."""
+    if not isinstance(text, str) or not text.strip() or "\x00" in text:
+        raise ValueError(f"text to phonemize must be a non-empty string without NUL, got {text!r}")
+    validate_voice(voice)
+    header, payload = _request(op="phonemes", text=text, voice=voice)
+    if "error" in header:
+        raise RuntimeError(f"espeak-ng could not phonemize {text[:60]!r}: {header['error']}")
+    return [c.strip() for c in json.loads(payload) if c.strip()]
+
+
 def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:
     """Write 16-bit PCM WAV atomically (temp file in the same folder, then os.replace)."""
     return _write_wav(path, audio, sample_rate)
@@ -370,10 +400,16 @@ def render(text: str, voice: str, rate: int, pitch: int, path: str | os.PathLike
     path only: callers encode text/voice/rate/pitch in the path.
     """
     _check_request(text, voice, rate, pitch)  # a bad config fails even when cached
+    return render_cached(path, lambda: synthesize(text, voice=voice, rate=rate, pitch=pitch))
+
+
+def render_cached(path: str | os.PathLike, make_audio) -> dict:
+    """Write `make_audio()` (float32 mono at SAMPLE_RATE) to `path` unless a valid WAV is there;
+    {"path", "duration", "sha256"}. Any synthesiser's cache: the caller keys the path."""
     path = Path(path)
     duration = _wav_duration(path) if path.is_file() else None
     if duration is None:
-        write_wav(path, synthesize(text, voice=voice, rate=rate, pitch=pitch), SAMPLE_RATE)
+        write_wav(path, make_audio(), SAMPLE_RATE)
         duration = _wav_duration(path)
         if duration is None:
             raise RuntimeError(f"{path}: the WAV just written cannot be read back")

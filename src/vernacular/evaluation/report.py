@@ -71,6 +71,8 @@ def render_summary(metrics: dict, training: dict, vertical: str) -> str:
              f"**{headline(metrics)}** (normalised text; {level}% intervals).", "",
              *([f"**Control:** {control_sentence(metrics.get('forgetting'))}", ""]
                if control_sentence(metrics.get("forgetting")) else []),
+             *([f"**Unseen synthesiser:** {unseen_voice_sentence(metrics.get('unseen_voices'))}", ""]
+               if unseen_voice_sentence(metrics.get("unseen_voices")) else []),
              f"Normaliser: `{metrics['normaliser']}` (transformers' Whisper normaliser, applied to references and "
              "hypotheses alike); raw = text as written, case and punctuation included.", "",
              f"Intervals: {level}% percentile bootstrap over utterances ({boot['n_resamples']} resamples, seed "
@@ -103,6 +105,7 @@ def render_summary(metrics: dict, training: dict, vertical: str) -> str:
                   f"{w['n_utterances']} utterances)" for i, w in enumerate(worst, 1)]
     lines += ["", *_terms_section(metrics.get("key_terms"))]
     lines += ["", *_forgetting_section(metrics.get("forgetting"))]
+    lines += ["", *_unseen_voice_section(metrics.get("unseen_voices"))]
     lat = metrics["latency"]
     lines += ["", f"## Latency per ~{lat['base']['mean_segment_seconds']:.0f}-s segment (batch 1, "
               f"{lat['base']['segments']} segments)", "", "| model | s/segment | real-time factor |", "|---|---|---|"]
@@ -194,6 +197,39 @@ def control_sentence(block: dict | None) -> str | None:
     return text
 
 
+def unseen_voice_sentence(block: dict | None) -> str | None:
+    """The unseen-synthesiser check in one sentence; None when it did not run."""
+    if not block or not block.get("enabled"):
+        return None
+    wer = block["wer"]
+    cut = block.get("wer_relative_reduction")
+    return (f"The same test sentences read by a synthesiser training never used (Kokoro, "
+            f"{block['n_utterances']} recordings): word error rate {_ci(wer['base'])} -> {_ci(wer['adapter'])}"
+            + (f", a {round(100 * cut)}% relative cut" if cut is not None and cut >= 0 else
+               f", {round(-100 * cut)}% more errors" if cut is not None else "")
+            + ". The gap between this cut and the headline's is what the adapter learned of the training voices.")
+
+
+def _unseen_voice_section(block: dict | None) -> list[str]:
+    lines = ["## Unseen synthesiser (the test sentences read by Kokoro)", ""]
+    if not block or not block.get("enabled"):
+        reason = (block or {}).get("missing") or "Disabled (`evaluation.unseen_voices.enabled: false`)."
+        return lines + [reason]
+    wer, terms = block["wer"], block["key_terms"]
+    lines += [f"{block['n_utterances']} distinct test sentences, one Kokoro-82M voice each ({', '.join(block['voices'])}; "
+              f"pronunciation from espeak-ng `{block['accent']}`). WER {_ci(wer['base'])} (base) -> "
+              f"{_ci(wer['adapter'])} (adapter), paired difference {_diff(wer['difference'])}; relative cut "
+              f"{_pct(block['wer_relative_reduction'])}. Looping outputs: base {block['loops']['base']}, adapter "
+              f"{block['loops']['adapter']}."]
+    if terms["base"]["occurrences"]:
+        lines.append(f"Key-term recall: {_pct(terms['base']['recall'])} -> {_pct(terms['adapter']['recall'])} "
+                     f"({terms['base']['occurrences']} occurrences).")
+    lines += ["", "| voice | utterances | base WER | adapter WER |", "|---|---|---|---|"]
+    lines += [f"| {voice} | {part['n_utterances']} | {_pct(part['base'])} | {_pct(part['adapter'])} |"
+              for voice, part in block["by_voice"].items()]
+    return lines
+
+
 def _forgetting_section(block: dict | None) -> list[str]:
     lines = ["## Forgetting check (general speech)", ""]
     if not block or not block.get("enabled"):
@@ -268,6 +304,9 @@ def plain_headline(metrics: dict, vertical: str) -> list[str]:
     control = control_sentence(metrics.get("forgetting"))
     if control:
         sentences.append(control)
+    unseen = unseen_voice_sentence(metrics.get("unseen_voices"))
+    if unseen:
+        sentences.append(unseen)
     return sentences
 
 

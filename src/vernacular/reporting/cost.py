@@ -34,7 +34,7 @@ from matplotlib.ticker import FuncFormatter
 
 from vernacular.common.config import build_settings
 from vernacular.common.htmlpage import figure_png, page_head, png_img, text_html
-from vernacular.evaluation.report import control_sentence
+from vernacular.evaluation.report import control_sentence, unseen_voice_sentence
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +169,7 @@ class ReportFacts:
     adapter_size: AdapterSize | None = None
     sources: dict[str, str] = field(default_factory=dict)
     control: str | None = None  # the forgetting check in one sentence (real or synthetic general speech)
+    unseen_voices: str | None = None  # the test sentences read by an unseen synthesiser, in one sentence
 
 
 def adapter_size(path: str | Path | None, trainable_params: int, total_params: int,
@@ -326,6 +327,8 @@ def _page(inputs: CostInputs, p: dict, facts: ReportFacts | None, title: str, no
                         f"{facts.adapter_wer.text()}" + (" (95% bootstrap intervals)." if facts.adapter_wer.ci else "."))
     if facts.control:
         headline.append(facts.control)
+    if facts.unseen_voices:
+        headline.append(facts.unseen_voices)
     if p["break_even_audio_hours"] is None:
         headline.append(
             f"At {_num(vol)} audio hours a month, self-hosting with the adapter on {facts.device_name or inputs.device} would cost "
@@ -696,6 +699,7 @@ def cost_report(training_metrics: dict, eval_metrics: dict, prices: dict, settin
         adapter_wer=_wer(eval_metrics, "adapter"),
         test_set=f"the {vertical} test split ({eval_metrics['n_utterances']} utterances)",
         control=control_sentence(eval_metrics.get("forgetting")),
+        unseen_voices=unseen_voice_sentence(eval_metrics.get("unseen_voices")),
         device_name=device_name,
         adapter_size=adapter_size(eval_metrics.get("adapter_path"), training_metrics["trainable_params"],
                                   training_metrics["total_params"]),

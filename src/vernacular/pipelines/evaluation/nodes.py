@@ -20,7 +20,7 @@ def evaluate_on_test(manifest: pd.DataFrame, base_model: dict, adapter: str, tra
     metrics, summary, transcripts, wer_plot, scatter = evaluate_vertical(
         manifest, base_model, adapter, training_metrics, EvaluationSettings.from_dict(evaluation), vertical,
         layout.evaluation_cache_dir, layout.control_dir, serving=BatchSettings.from_dict(transcription),
-        ct2_cache_dir=layout.ct2_cache_dir)
+        ct2_cache_dir=layout.ct2_cache_dir, unseen_voice_dir=layout.unseen_voice_dir)
     page = render_evaluation_html(metrics, training_metrics, vertical, [
         (figure_png(wer_plot), "Word error rate of the base model and the adapter per group, with 95% intervals"),
         (figure_png(scatter), "Each test recording: base model WER against adapter WER (below the diagonal: better)")])
