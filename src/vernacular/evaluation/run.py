@@ -585,9 +585,10 @@ def evaluate_vertical(manifest: pd.DataFrame, base_model: dict, adapter: str, tr
                 forgetting["margin_pts"], " FLAGGED" if forgetting["flagged"] else "")
     unseen = metrics.get("unseen_voices", {})
     if unseen.get("enabled"):
-        log.info("%s unseen synthesiser (Kokoro, %d sentences): WER %.1f%% -> %.1f%% (%.0f%% relative cut)", vertical,
-                 unseen["n_utterances"], 100 * unseen["wer"]["base"]["estimate"],
-                 100 * unseen["wer"]["adapter"]["estimate"], 100 * (unseen["wer_relative_reduction"] or 0))
+        log.info("%s unseen synthesiser (Kokoro, %d sentences): WER %.1f%% -> %.1f%% (%+.1f pts; relative cut %.0f%%)",
+                 vertical, unseen["n_utterances"], 100 * unseen["wer"]["base"]["estimate"],
+                 100 * unseen["wer"]["adapter"]["estimate"], 100 * unseen["wer"]["difference"]["difference"],
+                 100 * (unseen["wer_relative_reduction"] or 0))
     wer_plot = plot_group_wer(metrics["statistics"], settings.group_columns, title=f"{vertical}: WER base vs adapter")
     per_utt = metrics["per_utterance"]
     scatter = plot_utterance_scatter(per_utt["base_wer"], per_utt["adapter_wer"], labels=per_utt["speaker"],
