@@ -135,7 +135,7 @@ class UnseenVoiceSettings:
     of the gain that is the domain rather than espeak-ng's voice (docs/evaluation.md)."""
 
     enabled: bool = True
-    voices: list[str] = field(default_factory=lambda: list(KOKORO_VOICES))  # one per sentence, in turn
+    voices: list[str] = field(default_factory=lambda: list(KOKORO_VOICES))  # one per sentence, chosen by its hash
     sentences: int = 60  # distinct test sentences (a hash-ordered subset); ~3 s each to synthesise on 2 CPU cores
     speed: float = 1.0
     accent: str = "en-us"  # the espeak-ng voice whose pronunciation Kokoro reads
