@@ -28,16 +28,17 @@ def run_to_end(project: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def kill_when(project: Path, ready, timeout: float = 300) -> bool:
+def kill_when(project: Path, ready, timeout: float = 300, params: str = PARAMS) -> bool:
     """Start the run, SIGKILL it as soon as `ready()` holds; True when it was killed mid-way."""
-    process = subprocess.Popen(COMMAND, cwd=project, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [*COMMAND[:-1], f"--params={params}"]
+    process = subprocess.Popen(command, cwd=project, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     while process.poll() is None and time.monotonic() < deadline:
         if ready():
             process.send_signal(signal.SIGKILL)
             process.wait()
             return True
-        time.sleep(0.02)
+        time.sleep(0.005)
     process.kill()
     process.wait()
     return False
@@ -61,9 +62,12 @@ def test_killed_during_ingestion_and_features_then_rerun_matches_an_uninterrupte
     synthetic = project / "data/01_raw/radiology/synthetic/audio"
     assert kill_when(project, lambda: synthetic.is_dir() and any(synthetic.glob("*.wav"))), "ingestion ended first"
     assert not (project / "data/03_primary/radiology/manifest.csv").exists()
-    cache = project / "data/04_feature/radiology/cache"
-    assert kill_when(project, lambda: cache.is_dir() and any(p.name.startswith(".") for p in cache.iterdir())), \
-        "features ended first"
+    # killed once the per-utterance store holds its first finished file: one utterance per batch leaves
+    # the other 23 (and the shards) still to do, a window a fast machine cannot close before the poll
+    # (batch size is not part of any fingerprint: features do not depend on it)
+    store = project / "data/04_feature/radiology/cache/utterances"
+    assert kill_when(project, lambda: store.is_dir() and any(store.rglob("*.pt")),
+                     params=f"{PARAMS},radiology.features.batch_size=1"), "features ended first"
     assert not (project / "data/04_feature/radiology/features_index.json").exists()
     run_to_end(project)
 
