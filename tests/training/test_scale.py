@@ -146,7 +146,7 @@ def test_resume_after_a_killed_run_matches_an_uninterrupted_one(tiny_whisper, fe
     run_dir = tmp_path / "b" / a["run_id"]
     deadline = time.time() + 300
     while time.time() < deadline and child.poll() is None and not (run_dir / "step-0000004").is_dir():
-        time.sleep(0.05)
+        time.sleep(0.005)  # a fast machine runs a tiny step in milliseconds
     os.killpg(child.pid, signal.SIGKILL)
     child.wait()
     killed_at = latest_checkpoint(run_dir)
