@@ -304,3 +304,31 @@ def test_plain_headline_says_better_worse_or_no_reliable_change():
     assert "within the 2-point margin" in plain_headline(control(1.0, False), "accent")[1]
     assert "rose from 10.0% to 15.0%: worse by more than" in plain_headline(control(5.0, True), "accent")[1]
     assert "synthetic" not in plain_headline(control(1.0, False), "accent")[1]
+
+
+def test_evaluation_page_as_headless_chromium_draws_it(metrics, settings, tmp_path):
+    from tools.chromium import find_chromium
+    from tools.page_screenshot import capture_page
+
+    from vernacular.common.htmlpage import figure_png
+    from vernacular.evaluation.report import plain_headline, render_evaluation_html
+
+    if find_chromium() is None:
+        pytest.skip("no chromium on PATH (Debian: apt-get install chromium)")
+    training = {"trainable_params": 1000, "total_params": 100000, "trainable_fraction": 0.01, "steps": 2,
+                "train_examples": 8, "train_seconds": 60.0, "device_name": "cpu"}
+    per_utt = metrics["per_utterance"]
+    figures = [(figure_png(plot_group_wer(metrics["statistics"], settings.group_columns)), "per group"),
+               (figure_png(plot_utterance_scatter(per_utt["base_wer"], per_utt["adapter_wer"])), "per recording")]
+    page = tmp_path / "evaluation.html"
+    page.write_text(render_evaluation_html(metrics, training, "radiology", figures), encoding="utf-8")
+    # a phone-width window too: the figures scale down instead of making the page scroll sideways
+    for window in ((1200, 1600), (420, 900)):
+        drawn = capture_page(page, tmp_path / f"shot-{window[0]}.png", window=window,
+                             expect="radiology: base model vs adapter")
+        assert [i["alt"] for i in drawn["images"]] == ["per group", "per recording"]
+        assert all(i["width"] > 300 and i["shown"] <= window[0] for i in drawn["images"])
+        assert plain_headline(metrics, "radiology")[0] in drawn["text"]
+        assert drawn["tables"] >= 1
+        png = (tmp_path / f"shot-{window[0]}.png").read_bytes()
+        assert (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")) == window

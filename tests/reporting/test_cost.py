@@ -561,3 +561,31 @@ def test_wer_without_an_interval_prints_the_rate_alone():
     # a test set too small for the bootstrap gives (None, None): the page must still render
     assert WerFigure(0.5, (None, None)).text() == "50.0%"
     assert WerFigure(0.5, (0.4, 0.6)).text() == "50.0% [40.0, 60.0]"
+
+
+def test_cost_page_as_headless_chromium_draws_it_and_a_broken_page_fails_the_check(tmp_path):
+    from tools.chromium import BrowserError, find_chromium
+    from tools.page_screenshot import capture_page, inspect_page, page_problems
+
+    if find_chromium() is None:
+        pytest.skip("no chromium on PATH (Debian: apt-get install chromium)")
+    inputs = gpu_inputs(base_inference_rtf=0.03, vendor_tier="custom", other_vendor_tiers={"medical": 0.004})
+    page, _ = html_page(inputs)
+    good = tmp_path / "cost.html"
+    good.write_text(page, encoding="utf-8")
+    drawn = capture_page(good, tmp_path / "cost.png", window=(1200, 1400), expect="Accent <cost>")
+    (chart,) = drawn["images"]
+    assert chart["width"] > 1000 and chart["shown"] <= 1200  # decoded, scaled to the window
+    assert drawn["tables"] == 2
+    assert "saving $3,100.00 a month" in drawn["text"].split("Side by side")[0]  # the money sentence comes first
+    narrow = capture_page(good, tmp_path / "narrow.png", window=(420, 900))  # a phone: no sideways scrolling
+    assert narrow["images"][0]["shown"] <= 420
+    # the same check on a page with an image that does not decode and a row wider than the window
+    broken = tmp_path / "broken.html"
+    broken.write_text(page.replace("data:image/png;base64,", "data:image/png;base64,AAAA", 1)
+                      .replace("<h2>", '<div style="width:3000px">wide</div><h2>', 1), encoding="utf-8")
+    problems = page_problems(inspect_page(broken, window=(1200, 1400)), expect="Accent <cost>")
+    assert any("did not decode" in p for p in problems) and any("sideways" in p for p in problems), problems
+    with pytest.raises(BrowserError, match="did not decode"):
+        capture_page(broken, tmp_path / "broken.png")
+    assert not (tmp_path / "broken.png").exists()

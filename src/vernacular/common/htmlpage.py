@@ -14,14 +14,16 @@ from matplotlib.figure import Figure
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _URL = re.compile(r"https?://[^\s<>\"')]+")
 
+# Wide tables scroll inside themselves (display:block) so a narrow window never scrolls the whole
+# page sideways; the page checks in headless Chromium hold the pages to that.
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
-color:#222;line-height:1.45}
+color:#222;line-height:1.45;overflow-wrap:break-word}
 h1{font-size:1.6em}h2{font-size:1.2em;margin-top:1.6em}
 .headline{font-size:1.1em}
 .label{padding:.6em .9em;border-left:5px solid #888;background:#f4f4f4;font-weight:600}
 .label.cpu{border-color:#d9822b;background:#fdf3e7}
-table{border-collapse:collapse;margin:.6em 0}
+table{border-collapse:collapse;margin:.6em 0;display:block;max-width:100%;overflow-x:auto}
 th,td{border:1px solid #ccc;padding:.35em .6em;text-align:left;vertical-align:top}
 thead th{background:#eef2f7}
 tbody th{font-weight:normal;background:#fafafa}
