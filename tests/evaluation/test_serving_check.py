@@ -26,8 +26,12 @@ def test_rows(tmp_path_factory, speech_clips) -> pd.DataFrame:
 def test_served_model_is_scored_and_timed_beside_the_fp32_one(tiny_whisper, test_rows, tmp_path):
     from tests.serving.test_batch import save_adapter
 
+    from tests.evaluation.test_report import _sidecar_corpus
+
     adapter = str(save_adapter(tiny_whisper, tmp_path / "adapter", seed=0))
-    settings = EvaluationSettings.from_dict(SETTINGS)
+    control = _sidecar_corpus(tmp_path / "control", ["The train was late.", "We walked home."])
+    settings = EvaluationSettings.from_dict({**SETTINGS, "forgetting": {
+        "sets": [{"path": str(control), "format": "sidecar", "name": "read"}]}})
     metrics, transcripts = evaluate_adapter(test_rows, tiny_whisper, adapter, settings, serving=BatchSettings(device="cpu"),
                                             ct2_cache_dir=tmp_path / "ct2")
     served = metrics["served"]
@@ -37,6 +41,11 @@ def test_served_model_is_scored_and_timed_beside_the_fp32_one(tiny_whisper, test
     assert served["wer_change_pts"] == pytest.approx(100 * (served["wer"] - served["wer_fp32"]))
     assert served["within_half_point"] == (served["wer_change_pts"] <= 0.5)
     assert list((tmp_path / "ct2").iterdir())  # the same export batch transcription uses
+    # the served model on the real-speech control too, beside the fp32 adapter's WER there
+    on_control = metrics["forgetting"]["served"]
+    assert on_control["wer_fp32"] == metrics["forgetting"]["adapter"]["wer"]
+    assert on_control["wer_change_pts"] == pytest.approx(100 * (on_control["wer"] - on_control["wer_fp32"]))
+    assert on_control["within_half_point"] == (on_control["wer_change_pts"] <= 0.5)
 
     from vernacular.evaluation.report import render_summary
     training = {"trainable_params": 1, "total_params": 100, "trainable_fraction": 0.01, "steps": 1,
@@ -44,6 +53,8 @@ def test_served_model_is_scored_and_timed_beside_the_fp32_one(tiny_whisper, test
     summary = render_summary(metrics, training, "radiology")
     assert "## Served model (ctranslate2 int8, as batch transcription runs it)" in summary
     assert f"{100 * served['wer']:.1f}%" in summary and "0.5-point allowance" in summary
+    assert (f"On the real-speech control (2 recordings): {100 * on_control['wer']:.1f}% against "
+            f"{100 * on_control['wer_fp32']:.1f}%") in summary
 
     plain, _ = evaluate_adapter(test_rows, tiny_whisper, adapter, settings,
                                 serving=BatchSettings(device="cpu", backend="transformers"))

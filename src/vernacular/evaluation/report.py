@@ -124,6 +124,15 @@ def render_summary(metrics: dict, training: dict, vertical: str) -> str:
                   f"Latency {served['latency']['seconds_per_segment']:.2f} s per ~"
                   f"{served['latency']['mean_segment_seconds']:.0f}-s segment (real-time factor "
                   f"{served['latency']['real_time_factor']:.3f}, batch 1) on {served['device']}; the cost page uses it."]
+        on_control = (metrics.get("forgetting") or {}).get("served")
+        if on_control:
+            change = on_control["wer_change_pts"]
+            kind = "real-speech" if metrics["forgetting"].get("kind") == "real" else "synthetic"
+            lines += ["", f"On the {kind} control ({metrics['forgetting']['n_utterances']} recordings): "
+                      f"{_pct(on_control['wer'])} against {_pct(on_control['wer_fp32'])} for the merged fp32 adapter "
+                      f"({'n/a' if change is None else f'{change:+.1f}'} pts; "
+                      + ("within" if on_control["within_half_point"] else "**more than**")
+                      + " the 0.5-point allowance)."]
     lines += ["", "## Adapter training", "",
               f"- trainable parameters: {training['trainable_params']:,} of {training['total_params']:,} "
               f"({100 * training['trainable_fraction']:.2f}%)",

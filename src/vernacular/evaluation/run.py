@@ -277,14 +277,10 @@ def _read_rows(rows: pd.DataFrame) -> list:
     return audios
 
 
-def serving_check(base_model: dict, adapter_dir: str, serving: BatchSettings, ct2_cache_dir, audios: list,
-                  segments: list, repeats: int) -> tuple[list[str], dict] | None:
-    """The adapter as batch transcription serves it, on the same test clips and latency segments:
-    (texts, {"backend", "compute_type", "device", "batch_seconds", "latency"}); None when the
-    transcription backend is transformers (the fp32 figures are then the serving path's already)."""
-    if resolve_backend(base_model, serving) != "ctranslate2":
-        return None
-    served = load_transcriber(base_model, adapter_dir, serving, ct2_cache_dir)
+def serving_check(served, audios: list, segments: list, repeats: int) -> tuple[list[str], dict]:
+    """The adapter as batch transcription serves it (`served`: `load_transcriber`'s result), on the
+    same test clips and latency segments: (texts, {"backend", "compute_type", "device",
+    "batch_seconds", "latency"})."""
     started = time.perf_counter()
     texts = [served.served.transcribe(audio)["text"] for audio in audios]
     batch_seconds = time.perf_counter() - started
@@ -301,6 +297,15 @@ def serving_check(base_model: dict, adapter_dir: str, serving: BatchSettings, ct
                    "batch_seconds": batch_seconds,
                    "latency": {"segments": len(segments), "repeats": repeats, "mean_segment_seconds": mean_segment,
                                "seconds_per_segment": median, "real_time_factor": median / mean_segment}}
+
+
+def served_against_fp32(references: list[str], texts: list[str], wer_fp32: float, normaliser: str) -> dict:
+    """WER/CER of the served model's `texts` beside the fp32 adapter's WER, and whether the served
+    model stays within 0.5 points of it."""
+    rates = error_rates([normalise(t, normaliser) for t in references], [normalise(t, normaliser) for t in texts])
+    change = 100 * (rates["wer"] - wer_fp32) if rates["wer"] is not None and wer_fp32 is not None else None
+    return {"wer": rates["wer"], "cer": rates["cer"], "wer_fp32": wer_fp32, "wer_change_pts": change,
+            "within_half_point": change is not None and change <= 0.5}
 
 
 def evaluate_adapter(test: pd.DataFrame, base_model: dict, adapter_dir: str,
@@ -361,18 +366,16 @@ def evaluate_adapter(test: pd.DataFrame, base_model: dict, adapter_dir: str,
         metrics[name]["batch_real_time_factor"] = results[name + "_seconds"] / audio_seconds
     metrics["latency"] = latency
     metrics["latency"]["merged_equals_unmerged"] = merged_texts == unmerged_texts
-    checked = serving_check(base_model, adapter_dir, serving, ct2_cache_dir, audios, segments,
-                            settings.latency_repeats) if serving is not None and settings.serving_check else None
-    if checked:
-        texts, served = checked
+    # the served model is checked when batch transcription serves with another backend (CTranslate2);
+    # with the transformers backend the fp32 figures are the serving path's already
+    served_model = (load_transcriber(base_model, adapter_dir, serving, ct2_cache_dir)
+                    if serving is not None and settings.serving_check
+                    and resolve_backend(base_model, serving) == "ctranslate2" else None)
+    if served_model is not None:
+        texts, served = serving_check(served_model, audios, segments, settings.latency_repeats)
         transcripts["served"] = texts
-        norm = settings.normaliser
-        rates = error_rates([normalise(t, norm) for t in transcripts["reference"]],
-                            [normalise(t, norm) for t in texts])
-        fp32 = metrics["adapter"]["normalised"]["wer"]
-        served.update(wer=rates["wer"], cer=rates["cer"], wer_fp32=fp32,
-                      wer_change_pts=100 * (rates["wer"] - fp32) if rates["wer"] is not None else None)
-        served["within_half_point"] = served["wer_change_pts"] is not None and served["wer_change_pts"] <= 0.5
+        served.update(served_against_fp32(transcripts["reference"].tolist(), texts,
+                                          metrics["adapter"]["normalised"]["wer"], settings.normaliser))
         served["batch_real_time_factor"] = served["batch_seconds"] / audio_seconds
         metrics["served"] = served
 
@@ -401,6 +404,10 @@ def evaluate_adapter(test: pd.DataFrame, base_model: dict, adapter_dir: str,
             metrics["forgetting"]["by_set"][name] = {k: part[k] for k in ("n_utterances", "base", "adapter",
                                                                           "wer_change_pts", "flagged", "difference",
                                                                           "loops")}
+        if served_model is not None:  # the served (e.g. int8) model on real speech too, not only on the test split
+            texts = [served_model.served.transcribe(audio)["text"] for audio in control_audio]
+            metrics["forgetting"]["served"] = served_against_fp32(
+                control["text"].tolist(), texts, metrics["forgetting"]["adapter"]["wer"], settings.normaliser)
         metrics["forgetting"]["seconds"] = time.perf_counter() - started
         metrics["forgetting"]["examples"] = [
             {"reference": r, "base": b, "adapter": a}
