@@ -53,10 +53,21 @@ def pipeline_task_names(graph: dict, pipeline_id: str) -> list[str]:
                    if n["type"] == "task" and pipeline_id in n.get("pipelines", [])})
 
 
-def _prepare_page(pipeline_id: str, theme: str) -> bytes:
+def default_view_labels(graph: dict) -> list[str]:
+    """What the view a newcomer gets (`kedro viz run`, no pipeline chosen) draws: the default
+    pipeline with each namespace collapsed into one node, so its labels are the namespaces and the
+    tasks outside any namespace."""
+    names = {n["name"] for n in graph["nodes"] if n["type"] == "modularPipeline"}
+    names |= {n["name"] for n in graph["nodes"] if n["type"] == "task" and not n.get("modular_pipelines")
+              and graph.get("selected_pipeline", "__default__") in n.get("pipelines", [])}
+    return sorted(names)
+
+
+def _prepare_page(pipeline_id: str | None, theme: str) -> bytes:
     state = json.dumps({"showFeatureHints": False, "featureHintStep": 0, "theme": theme,
                         "visible": {"miniMap": False}})
-    target = json.dumps(f"/?pid={pipeline_id}&expandAllPipelines=true")
+    # pipeline None: the page as `kedro viz run` opens it (default pipeline, namespaces collapsed)
+    target = json.dumps("/" if pipeline_id is None else f"/?pid={pipeline_id}&expandAllPipelines=true")
     return (f"<!doctype html><meta charset='utf-8'><script>"
             f"localStorage.setItem('KedroViz', {json.dumps(state)});"
             f"location.replace({target});</script>").encode()
@@ -67,10 +78,11 @@ def rendered_labels(dom: str) -> list[str]:
     return [html.unescape(x) for x in _LABEL.findall(dom)]
 
 
-def capture(build_dir: Path | str, out: Path | str, *, pipeline: str = "radiology", chromium: str | None = None,
+def capture(build_dir: Path | str, out: Path | str, *, pipeline: str | None = "radiology", chromium: str | None = None,
             window: tuple[int, int] = (1400, 1300), budget_ms: int = 15000, timeout_s: float = 180.0,
             theme: str = "light", overwrite: bool = False) -> dict:
-    """Render `pipeline` of a kedro-viz build, check every task node of it is drawn, save a PNG.
+    """Render `pipeline` of a kedro-viz build (expanded; None: the default view, collapsed), check
+    every task node of it (or every namespace) is drawn, save a PNG.
 
     Returns the labels drawn, the expected task names and the PNG size. Raises VizScreenshotError
     when Chromium is missing, the page did not draw the pipeline, or `out` exists and
@@ -79,7 +91,8 @@ def capture(build_dir: Path | str, out: Path | str, *, pipeline: str = "radiolog
     build_dir, out = Path(build_dir), Path(out)
     if out.exists() and not overwrite:
         raise VizScreenshotError(f"{out} exists: pass --overwrite to replace it, or choose another --out.")
-    expected = pipeline_task_names(read_graph(build_dir), pipeline)
+    graph = read_graph(build_dir)
+    expected = default_view_labels(graph) if pipeline is None else pipeline_task_names(graph, pipeline)
     browser = require_chromium(chromium)
     with serve(build_dir, {PREP_PATH: _prepare_page(pipeline, theme)}) as base:
         url = base + PREP_PATH
@@ -100,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.viz_screenshot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--build", default="build", help="folder written by `kedro viz build` (default: build)")
-    parser.add_argument("--pipeline", default="radiology", help="registered pipeline to show (default: radiology)")
+    parser.add_argument("--pipeline", default="radiology",
+                        help="registered pipeline to show, expanded (default: radiology); '' for the default view "
+                             "a newcomer gets from `kedro viz run`")
     parser.add_argument("--out", default="docs/img/kedro-viz-radiology.png", help="PNG to write")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--chromium", default=None, help="browser executable (default: chromium on PATH)")
@@ -111,14 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds before a browser call is abandoned")
     args = parser.parse_args(argv)
     try:
-        result = capture(args.build, args.out, pipeline=args.pipeline, chromium=args.chromium,
+        result = capture(args.build, args.out, pipeline=args.pipeline or None, chromium=args.chromium,
                          window=(args.width, args.height), budget_ms=args.budget_ms, timeout_s=args.timeout,
                          theme=args.theme, overwrite=args.overwrite)
     except BrowserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {result['out']} ({result['bytes']} bytes); drew {len(result['labels'])} nodes, "
-          f"all {len(result['expected_tasks'])} tasks of {args.pipeline!r}")
+          f"all {len(result['expected_tasks'])} expected of {args.pipeline or 'the default view'!r}")
     return 0
 
 

@@ -299,6 +299,9 @@ def test_viz_build_page_rendered_in_headless_chromium(viz_build, registry, tmp_p
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
     assert (width, height) == (1000, 800)
+    # the view `kedro viz run` opens (no pipeline chosen): every vertical, collapsed to one node
+    collapsed = capture(viz_build, tmp_path / "default.png", pipeline=None, window=(1000, 800), timeout_s=240)
+    assert set(VERTICALS) <= set(collapsed["labels"]) and set(collapsed["expected_tasks"]) == set(VERTICALS)
 
 
 def test_viz_screenshot_refuses_bad_input(viz_build, tmp_path):
