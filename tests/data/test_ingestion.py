@@ -74,19 +74,33 @@ def test_sentence_case():
     assert sentence_case("I'M SURE I CAN") == "I'm sure I can"
 
 
-def test_speechocean_parts_as_configured_in_the_speechocean_env(tmp_path):
+@pytest.mark.parametrize(("env", "rows", "speakers"), [("speechocean", 1400, 70), ("speechocean-full", 2900, 145)])
+def test_speechocean_parts_as_configured_in_the_speechocean_envs(env, rows, speakers, tmp_path):
     if not SPEECHOCEAN.is_dir():
         pytest.skip(f"{SPEECHOCEAN} not found (shared data sits beside the repository)")
     import yaml
 
-    config = yaml.safe_load((REPO / "conf/speechocean/parameters.yml").read_text())
+    config = yaml.safe_load((REPO / f"conf/{env}/parameters.yml").read_text())
     source = config["accent"]["source"]
     for part in source["parts"]:  # the env's paths are relative to the project root
         part["path"] = str(REPO / part["path"])
     raw = load_source(source, config["accent"]["split"], {"root": str(tmp_path / "data")}, "accent")
-    assert len(raw) == 1400 and raw["speaker"].nunique() == 70
+    assert len(raw) == rows and raw["speaker"].nunique() == speakers
     assert raw.groupby("speaker")["given_split"].nunique().max() == 1
-    assert raw["text"].str.match(r"^[A-Z][^A-Z]*$").mean() > 0.95  # sentence case ("I" aside)
+    assert raw["text"].str.match(r"^[A-Z][^A-Z]*$").mean() > 0.9  # sentence case (5% hold the word "I")
+
+
+def test_the_full_speechocean_env_is_the_mini_env_plus_train_rest():
+    import yaml
+
+    mini, full = (yaml.safe_load((REPO / f"conf/{env}/parameters.yml").read_text())
+                  for env in ("speechocean", "speechocean-full"))
+    extra = full["accent"]["source"].pop("parts")
+    assert [p for p in extra if not p["path"].endswith("/train_rest")] == mini["accent"]["source"].pop("parts")
+    assert full == mini  # one run environment at a time: the two files must not drift apart
+    suffixes = {yaml.safe_load((REPO / f"conf/{env}/globals.yml").read_text())["storage_suffix"]
+                for env in ("speechocean", "speechocean-full")}
+    assert len(suffixes) == 2  # their runs never share a data folder
 
 
 def test_replay_adds_the_last_rows_of_a_real_corpus_to_train_only(tmp_path):
