@@ -6,6 +6,7 @@ fetched from elsewhere.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
 import shutil
@@ -103,3 +104,14 @@ def screenshot(chromium: str, url: str, out: Path, window: tuple[int, int], budg
             raise BrowserError(f"{chromium} wrote no PNG for {url}.")
         tmp_png.replace(out)
     return out
+
+
+def add_browser_arguments(parser: argparse.ArgumentParser, *, window: tuple[int, int], budget_ms: int,
+                          timeout_s: float) -> None:
+    """The options every screenshot command takes: overwrite, browser, window, render budget, timeout."""
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--chromium", default=None, help="browser executable (default: chromium on PATH)")
+    parser.add_argument("--width", type=int, default=window[0])
+    parser.add_argument("--height", type=int, default=window[1])
+    parser.add_argument("--budget-ms", type=int, default=budget_ms, help="virtual time the page gets to render")
+    parser.add_argument("--timeout", type=float, default=timeout_s, help="seconds before a browser call is abandoned")

@@ -17,7 +17,7 @@ import re
 import sys
 from pathlib import Path
 
-from tools.chromium import BrowserError, headless, require_chromium, screenshot, serve
+from tools.chromium import BrowserError, add_browser_arguments, headless, require_chromium, screenshot, serve
 
 PROBE_PATH = "/__vernacular_probe.html"
 _RESULT = re.compile(r'<pre id="probe">(.*?)</pre>', re.S)
@@ -99,12 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--page", required=True, help="the .html report page")
     parser.add_argument("--out", required=True, help="PNG to write")
     parser.add_argument("--expect", default=None, help="text the page must begin with")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    parser.add_argument("--chromium", default=None, help="browser executable (default: chromium on PATH)")
-    parser.add_argument("--width", type=int, default=1200)
-    parser.add_argument("--height", type=int, default=1600)
-    parser.add_argument("--budget-ms", type=int, default=5000, help="virtual time the page gets to render")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a browser call is abandoned")
+    add_browser_arguments(parser, window=(1200, 1600), budget_ms=5000, timeout_s=120.0)
     args = parser.parse_args(argv)
     try:
         result = capture_page(args.page, args.out, expect=args.expect, chromium=args.chromium,

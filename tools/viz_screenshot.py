@@ -17,7 +17,7 @@ import re
 import sys
 from pathlib import Path
 
-from tools.chromium import BrowserError, find_chromium, headless, require_chromium, screenshot, serve
+from tools.chromium import BrowserError, add_browser_arguments, find_chromium, headless, require_chromium, screenshot, serve
 
 __all__ = ["VizScreenshotError", "capture", "find_chromium", "pipeline_task_names", "read_graph", "rendered_labels"]
 
@@ -117,13 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="registered pipeline to show, expanded (default: radiology); '' for the default view "
                              "a newcomer gets from `kedro viz run`")
     parser.add_argument("--out", default="docs/img/kedro-viz-radiology.png", help="PNG to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    parser.add_argument("--chromium", default=None, help="browser executable (default: chromium on PATH)")
     parser.add_argument("--theme", choices=("light", "dark"), default="light")
-    parser.add_argument("--width", type=int, default=1400)
-    parser.add_argument("--height", type=int, default=1300)
-    parser.add_argument("--budget-ms", type=int, default=15000, help="virtual time the page gets to render")
-    parser.add_argument("--timeout", type=float, default=180.0, help="seconds before a browser call is abandoned")
+    add_browser_arguments(parser, window=(1400, 1300), budget_ms=15000, timeout_s=180.0)
     args = parser.parse_args(argv)
     try:
         result = capture(args.build, args.out, pipeline=args.pipeline or None, chromium=args.chromium,
