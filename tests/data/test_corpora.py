@@ -82,3 +82,41 @@ def test_radiology_domain_vocabulary() -> None:
     found = [t for t in RADIOLOGY_TERMS if t in text]
     missing = sorted(set(RADIOLOGY_TERMS) - set(found))
     assert len(found) >= 60, f"only {len(found)} of 80 terms; missing {missing}"
+
+
+# --- Packaged domain-term lists (evaluation.key_terms: radiology / finance) --------------------
+
+@pytest.mark.parametrize("name, min_terms", [("radiology", 150), ("finance", 50)])
+def test_term_list_counts_each_word_once_and_survives_normalisation(name: str, min_terms: int) -> None:
+    from vernacular.data.corpus import load_sentences, load_terms
+    from vernacular.evaluation.metrics import normalise, term_recall
+
+    terms = load_terms(name)
+    assert len(terms) >= min_terms
+    normalised = {t: normalise(t, "whisper_english") for t in terms}
+    # The normaliser must not turn a term into something else (digits, nothing): it would never be found.
+    assert {t for t, n in normalised.items() if n.replace(" ", "") != re.sub(r"[^a-z]", "", t.lower())} == set()
+    nested = [(a, b) for a, na in normalised.items() for b, nb in normalised.items()
+              if a != b and re.search(rf"(^| ){re.escape(na)}( |$)", nb)]
+    assert nested == [], "a term inside another one counts its words twice"
+    # Most terms occur in the vertical's own corpus (the list is its vocabulary).
+    corpus = load_sentences(name)
+    found = term_recall(corpus, corpus, terms)
+    assert found["recall"] == 1.0
+    assert sum(1 for v in found["terms"].values() if v["occurrences"]) >= 0.9 * len(terms)
+
+
+def test_term_list_from_a_file_and_errors(tmp_path) -> None:
+    from vernacular.data.corpus import load_terms
+    from vernacular.evaluation.run import EvaluationSettings
+
+    path = tmp_path / "cardiology.txt"
+    path.write_text("# my terms\nstent  # inline comment\nStent\nejection fraction\n\n", encoding="utf-8")
+    assert load_terms(str(path)) == ["stent", "ejection fraction"]
+    assert EvaluationSettings.from_dict({"key_terms": str(path)}).key_terms == ["stent", "ejection fraction"]
+    assert EvaluationSettings.from_dict({"key_terms": "radiology"}).key_terms == load_terms("radiology")
+    with pytest.raises(ValueError, match=r"no term list 'cardiology': use one of \['finance', 'radiology'\]"):
+        EvaluationSettings.from_dict({"key_terms": "cardiology"})
+    (tmp_path / "empty.txt").write_text("# nothing\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="has no terms"):
+        load_terms(str(tmp_path / "empty.txt"))

@@ -99,7 +99,7 @@ def test_summary_shows_intervals_tests_terms_forgetting_and_all_error_kinds(metr
     assert f"{100 * overall['difference']['difference']:+.1f} pts" in text
     assert "Sign test" in text and "paired bootstrap" in text
     assert "## Worst speakers (top 2" in text
-    assert "| pneumothorax | 1 | 0.0% | 100.0% |" in text and "Not in this test split: atelectasis" in text
+    assert "| pneumothorax | 1 | 0.0% | 100.0% |" in text and "Not in this test split (1 of 4 terms): atelectasis." in text
     assert "## Forgetting check" in text and "FLAGGED" in text  # +20 pts on the control set
     assert "## By accent" in text and "**Caution:** only 6 test utterances" in text
     assert "| substitutions | insertions | deletions |" in text
@@ -332,3 +332,17 @@ def test_evaluation_page_as_headless_chromium_draws_it(metrics, settings, tmp_pa
         assert drawn["tables"] >= 1
         png = (tmp_path / f"shot-{window[0]}.png").read_bytes()
         assert (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")) == window
+
+
+def test_terms_missing_from_the_test_split_are_counted_and_the_list_capped():
+    from vernacular.evaluation.report import ABSENT_TERMS_LISTED, _terms_section
+    from vernacular.evaluation.metrics import term_recall
+
+    terms = ["nodule"] + [f"term{i:02d}" for i in range(ABSENT_TERMS_LISTED + 5)]
+    refs, hyps = ["a nodule here", "no findings"], ["a nodule here", "no findings"]
+    block = {"terms": terms, "base": term_recall(refs, hyps, terms, "basic"),
+             "adapter": term_recall(refs, hyps, terms, "basic")}
+    text = "\n".join(_terms_section(block))
+    assert "| nodule | 1 | 100.0% | 100.0% |" in text
+    assert f"Not in this test split ({ABSENT_TERMS_LISTED + 5} of {len(terms)} terms): term00, term01" in text
+    assert f"term{ABSENT_TERMS_LISTED - 1:02d} and 5 more." in text and f"term{ABSENT_TERMS_LISTED:02d}" not in text

@@ -47,18 +47,24 @@ class SyntheticCorpusSettings:
         return build_settings(cls, values, "synthetic source")
 
 
-def load_sentences(name_or_path: str) -> list[str]:
-    """Sentences of a packaged corpus (`radiology`, `general`, ...) or of a text file, one per line."""
+def packaged_text(package: str, name_or_path: str, kind: str) -> Path:
+    """The file behind a packaged text resource (`<package>/<name>.txt`) or a `.txt` path.
+
+    `kind` names the resource in the error ("sentence corpus", "term list").
+    """
     path = Path(name_or_path)
     if path.suffix == ".txt" and path.is_file():
-        text = path.read_text(encoding="utf-8")
-    else:
-        resource = resources.files("vernacular.data.corpora") / f"{name_or_path}.txt"
-        if not resource.is_file():
-            available = sorted(p.name[:-4] for p in resources.files("vernacular.data.corpora").iterdir()
-                               if p.name.endswith(".txt"))
-            raise ValueError(f"no sentence corpus {name_or_path!r}: use one of {available} or a .txt file path")
-        text = resource.read_text(encoding="utf-8")
+        return path
+    resource = resources.files(package) / f"{name_or_path}.txt"
+    if not resource.is_file():
+        available = sorted(p.name[:-4] for p in resources.files(package).iterdir() if p.name.endswith(".txt"))
+        raise ValueError(f"no {kind} {name_or_path!r}: use one of {available} or a .txt file path")
+    return Path(str(resource))
+
+
+def load_sentences(name_or_path: str) -> list[str]:
+    """Sentences of a packaged corpus (`radiology`, `general`, ...) or of a text file, one per line."""
+    text = packaged_text("vernacular.data.corpora", name_or_path, "sentence corpus").read_text(encoding="utf-8")
     sentences, seen = [], set()
     for line in text.splitlines():
         line = line.strip()
@@ -66,6 +72,21 @@ def load_sentences(name_or_path: str) -> list[str]:
             seen.add(sentence_key(line))
             sentences.append(line)
     return sentences
+
+
+def load_terms(name_or_path: str) -> list[str]:
+    """Domain terms of a packaged list (`radiology`, `finance`) or of a text file: one term per line,
+    `#` starts a comment; duplicates (case-insensitive) are dropped."""
+    text = packaged_text("vernacular.data.terms", name_or_path, "term list").read_text(encoding="utf-8")
+    terms, seen = [], set()
+    for line in text.splitlines():
+        term = line.split("#", 1)[0].strip()
+        if term and term.lower() not in seen:
+            seen.add(term.lower())
+            terms.append(term)
+    if not terms:
+        raise ValueError(f"term list {name_or_path!r} has no terms")
+    return terms
 
 
 def _hash_int(*parts: object) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from vernacular.common.htmlpage import markdown_html, page_head, png_img, text_html
 
 SMALL_SAMPLE = 20  # below this many test utterances the summary warns that bootstrap figures are optimistic
+ABSENT_TERMS_LISTED = 20  # key terms missing from the test split named in the summary; the rest counted
 
 
 def _pct(value) -> str:
@@ -161,7 +162,9 @@ def _terms_section(block: dict | None) -> list[str]:
                          f"{_pct(values['recall'])} |")
     absent = [t for t, v in rows if not v["occurrences"]]
     if absent:
-        lines += ["", f"Not in this test split: {', '.join(absent)}."]
+        shown = ", ".join(absent[:ABSENT_TERMS_LISTED]) + (f" and {len(absent) - ABSENT_TERMS_LISTED} more"
+                                                             if len(absent) > ABSENT_TERMS_LISTED else "")
+        lines += ["", f"Not in this test split ({len(absent)} of {len(rows)} terms): {shown}."]
     return lines
 
 

@@ -18,7 +18,7 @@ from vernacular.common.fileio import (file_key, new_digest, sha256_text, short_i
 from vernacular.common.text import sentence_key, slug
 from vernacular.data.audio import TARGET_SAMPLE_RATE, read_audio
 from vernacular.data import kokoro_tts
-from vernacular.data.corpus import load_sentences
+from vernacular.data.corpus import load_sentences, load_terms
 from vernacular.data.kokoro_tts import VOICES as KOKORO_VOICES
 from vernacular.data.manifest import corpus_name, default_root, read_manifest, resolve_rows, sha256_source, \
     source_exists
@@ -49,7 +49,7 @@ class EvaluationSettings:
     progress: bool = True
     bootstrap: BootstrapSettings = field(default_factory=lambda: BootstrapSettings())
     worst_speakers: int = 5
-    key_terms: list[str] = field(default_factory=list)
+    key_terms: list[str] | str = field(default_factory=list)  # terms, or a packaged list's name / a .txt path
     forgetting: ForgettingSettings = field(default_factory=lambda: ForgettingSettings())
     unseen_voices: UnseenVoiceSettings = field(default_factory=lambda: UnseenVoiceSettings())
     forgetting_margin: float = 1.0  # percentage points of WER the adapter may lose on general speech
@@ -59,6 +59,8 @@ class EvaluationSettings:
     serving_check: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.key_terms, str):
+            self.key_terms = load_terms(self.key_terms)
         self.key_terms = [str(t) for t in (self.key_terms or [])]
         for name, cls in (("decoding", DecodeSettings), ("bootstrap", BootstrapSettings),
                           ("forgetting", ForgettingSettings), ("unseen_voices", UnseenVoiceSettings)):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from importlib import resources
 import importlib.metadata
 import json
 import os
@@ -31,6 +30,7 @@ from vernacular.common.config import build_settings
 from vernacular.common.fileio import new_digest, sha256_file, sha256_text, write_text_atomically
 from vernacular.common.storage import version_of
 from vernacular.common.text import sentence_key
+from vernacular.data.corpus import packaged_text
 from vernacular.data.manifest import sha256_source
 from vernacular.evaluation.report import control_figures, unseen_voice_sentence
 from vernacular.models.families import FAMILIES, family_for
@@ -549,12 +549,10 @@ def _dirty(git: dict) -> str:
 
 
 def _sentence_corpus_hash(name_or_path: str) -> dict | None:
-    path = Path(name_or_path)
-    if not (path.suffix == ".txt" and path.is_file()):
-        resource = resources.files("vernacular.data.corpora") / f"{name_or_path}.txt"
-        if not resource.is_file():
-            return None
-        path = Path(str(resource))
+    try:
+        path = packaged_text("vernacular.data.corpora", name_or_path, "sentence corpus")
+    except ValueError:
+        return None
     return {"path": str(path), "sha256": sha256_file(path)}
 
 
