@@ -86,6 +86,9 @@ def test_worst_speakers_and_term_recall(metrics):
     assert terms["adapter"]["terms"]["atelectasis"]["occurrences"] == 0
     # 4 occurrences: pneumothorax 1, pleural effusion 2, consolidation 1
     assert terms["base"]["recall"] == pytest.approx(2 / 4) and terms["adapter"]["recall"] == pytest.approx(3 / 4)
+    stats = terms["statistics"]
+    assert stats["base"]["estimate"] == pytest.approx(2 / 4) and stats["adapter"]["estimate"] == pytest.approx(3 / 4)
+    assert stats["difference"]["difference"] == pytest.approx(1 / 4) and stats["n_utterances_with_terms"] == 4
 
 
 def test_summary_shows_intervals_tests_terms_forgetting_and_all_error_kinds(metrics):
@@ -100,6 +103,9 @@ def test_summary_shows_intervals_tests_terms_forgetting_and_all_error_kinds(metr
     assert "Sign test" in text and "paired bootstrap" in text
     assert "## Worst speakers (top 2" in text
     assert "| pneumothorax | 1 | 0.0% | 100.0% |" in text and "Not in this test split (1 of 4 terms): atelectasis." in text
+    term_stats = metrics["key_terms"]["statistics"]
+    assert (f"base 50.0% [{100 * term_stats['base']['low']:.1f}, {100 * term_stats['base']['high']:.1f}] -> "
+            f"adapter 75.0%") in text and "95% intervals over utterances" in text
     assert "## Forgetting check" in text and "FLAGGED" in text  # +20 pts on the control set
     assert "## By accent" in text and "**Caution:** only 6 test utterances" in text
     assert "| substitutions | insertions | deletions |" in text

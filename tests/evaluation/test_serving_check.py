@@ -55,6 +55,8 @@ def test_served_model_is_scored_and_timed_beside_the_fp32_one(tiny_whisper, test
     assert f"{100 * served['wer']:.1f}%" in summary and "0.5-point allowance" in summary
     assert (f"On the real-speech control (2 recordings): {100 * on_control['wer']:.1f}% against "
             f"{100 * on_control['wer_fp32']:.1f}%") in summary
+    over = not (served["within_half_point"] and on_control["within_half_point"])
+    assert ("`transcription.ct2.quantization: float32`" in summary) == over  # the fix, named only when needed
 
     plain, _ = evaluate_adapter(test_rows, tiny_whisper, adapter, settings,
                                 serving=BatchSettings(device="cpu", backend="transformers"))

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from vernacular.evaluation.metrics import (bootstrap_rate, compare_systems, forgetting_check, paired_bootstrap,
-                                per_utterance_char_errors, sign_test, term_recall, worst_groups)
+                                per_utterance_char_errors, sign_test, term_recall, term_recall_statistics,
+                                worst_groups)
 
 
 def test_bootstrap_interval_contains_the_pooled_estimate_and_is_deterministic():
@@ -125,6 +126,27 @@ def test_term_recall_partial_multi_word_match_is_a_miss_and_case_is_normalised()
     assert result["terms"]["basis points"] == {"occurrences": 2, "hits": 1, "recall": 0.5}
     assert result["ignored_terms"] == ["  "]
     assert term_recall([], [], ["x"], "basic")["recall"] is None
+
+
+def test_term_recall_interval_resamples_utterances_with_terms_and_pairs_the_systems():
+    # 12 utterances with terms (one has two occurrences), 3 without; base misses 6, adapter misses 2
+    refs = ["a pneumothorax here"] * 6 + ["the pleural effusion"] * 5 + ["pneumothorax and pneumothorax"] + ["fine"] * 3
+    base = ["a new mothorax here"] * 6 + ["the pleural effusion"] * 5 + ["pneumothorax and pneumothorax"] + ["fine"] * 3
+    adapter = (["a pneumothorax here"] * 4 + ["a new mothorax here"] * 2 + ["the pleural effusion"] * 5
+               + ["pneumothorax and pneumothorax"] + ["fine"] * 3)
+    terms = ["pneumothorax", "pleural effusion"]
+    stats = term_recall_statistics(refs, base, adapter, terms, "basic", n_resamples=500, seed=1)
+    assert stats["n_utterances_with_terms"] == 12
+    # pooled recall equals term_recall's
+    assert stats["base"]["estimate"] == pytest.approx(term_recall(refs, base, terms, "basic")["recall"]) \
+        == pytest.approx(7 / 13)
+    assert stats["adapter"]["estimate"] == pytest.approx(11 / 13)
+    assert stats["base"]["low"] < 7 / 13 < stats["base"]["high"]
+    diff = stats["difference"]
+    assert diff["difference"] == pytest.approx(4 / 13)  # adapter - base, positive = more terms right
+    assert 0 < diff["low"] <= diff["high"] and diff["p_value"] < 0.05
+    same = term_recall_statistics(refs, base, base, terms, "basic", n_resamples=500, seed=1)
+    assert same["difference"]["difference"] == 0 and same["difference"]["p_value"] == 1
 
 
 def test_forgetting_flag_uses_the_margin_in_points():

@@ -410,16 +410,9 @@ def _term_hits(ref_words: list[str], hyp_words: list[str], chunks, term: list[st
     return occurrences, hits
 
 
-def term_recall(references: Sequence[str], hypotheses: Sequence[str], terms: Sequence[str],
-                normaliser: str = "whisper_english") -> dict:
-    """Share of reference occurrences of each key term that the hypothesis gets right.
-
-    References, hypotheses and terms go through the same normaliser. A term (one or more words)
-    occurring in a reference is a hit when jiwer's word alignment maps each of its words to an
-    equal hypothesis word, contiguously. Returns {"terms": {term: {"occurrences", "hits",
-    "recall"}}, "occurrences", "hits", "recall", "normaliser"}; recall is None for 0 occurrences.
-    Terms that normalise to nothing are listed under "ignored_terms".
-    """
+def _term_counts(references: Sequence[str], hypotheses: Sequence[str], terms: Sequence[str],
+                 normaliser: str) -> tuple[dict, list[int], list[int], list[str]]:
+    """Per-term {"occurrences", "hits"}, per-utterance occurrences and hits (input order), ignored terms."""
     refs = [normalise(r, normaliser) for r in references]
     hyps = [normalise(h, normaliser) for h in hypotheses]
     if len(refs) != len(hyps):
@@ -433,22 +426,59 @@ def term_recall(references: Sequence[str], hypotheses: Sequence[str], terms: Seq
         else:
             ignored.append(str(term))
     per_term = {t: {"occurrences": 0, "hits": 0} for t in wanted}
+    utt_occurrences, utt_hits = [0] * len(refs), [0] * len(refs)
     # Only utterances that contain a term need aligning (jiwer wants non-empty references anyway).
     keep = [i for i, r in enumerate(refs)
             if any(" ".join(w) in r for w in wanted.values()) and r]
     if keep:
         out = jiwer.process_words([refs[i] for i in keep], [hyps[i] for i in keep])
-        for ref_words, hyp_words, chunks in zip(out.references, out.hypotheses, out.alignments):
+        for i, ref_words, hyp_words, chunks in zip(keep, out.references, out.hypotheses, out.alignments):
             for term, words in wanted.items():
                 occ, hit = _term_hits(ref_words, hyp_words, chunks, words)
                 per_term[term]["occurrences"] += occ
                 per_term[term]["hits"] += hit
+                utt_occurrences[i] += occ
+                utt_hits[i] += hit
+    return per_term, utt_occurrences, utt_hits, ignored
+
+
+def term_recall(references: Sequence[str], hypotheses: Sequence[str], terms: Sequence[str],
+                normaliser: str = "whisper_english") -> dict:
+    """Share of reference occurrences of each key term that the hypothesis gets right.
+
+    References, hypotheses and terms go through the same normaliser. A term (one or more words)
+    occurring in a reference is a hit when jiwer's word alignment maps each of its words to an
+    equal hypothesis word, contiguously. Returns {"terms": {term: {"occurrences", "hits",
+    "recall"}}, "occurrences", "hits", "recall", "normaliser"}; recall is None for 0 occurrences.
+    Terms that normalise to nothing are listed under "ignored_terms".
+    """
+    per_term, _, _, ignored = _term_counts(references, hypotheses, terms, normaliser)
     for values in per_term.values():
         values["recall"] = _rate(values["hits"], values["occurrences"])
     occurrences = sum(v["occurrences"] for v in per_term.values())
     hits = sum(v["hits"] for v in per_term.values())
     return {"normaliser": normaliser, "terms": per_term, "occurrences": occurrences, "hits": hits,
             "recall": _rate(hits, occurrences), "ignored_terms": ignored}
+
+
+def term_recall_statistics(references: Sequence[str], base: Sequence[str], adapter: Sequence[str],
+                           terms: Sequence[str], normaliser: str = "whisper_english", *, n_resamples: int = 2000,
+                           seed: int = 0, confidence: float = 0.95) -> dict:
+    """Pooled term recall of base and adapter with bootstrap intervals over utterances.
+
+    Terms cluster in utterances, so utterances (not occurrences) are resampled, as for WER.
+    Returns {"base", "adapter"} (`bootstrap_rate` of hits over occurrences) and "difference"
+    (`paired_bootstrap`, adapter - base recall); "n_utterances_with_terms".
+    """
+    _, occurrences, base_hits, _ = _term_counts(references, base, terms, normaliser)
+    _, _, adapter_hits, _ = _term_counts(references, adapter, terms, normaliser)
+    # Utterances without a term add nothing to either sum; leaving them out keeps the resampling honest.
+    keep = [i for i, n in enumerate(occurrences) if n]
+    occ = [occurrences[i] for i in keep]
+    b, a = [base_hits[i] for i in keep], [adapter_hits[i] for i in keep]
+    options = {"n_resamples": n_resamples, "seed": seed, "confidence": confidence}
+    return {"n_utterances_with_terms": len(keep), "base": bootstrap_rate(b, occ, **options),
+            "adapter": bootstrap_rate(a, occ, **options), "difference": paired_bootstrap(b, a, occ, **options)}
 
 
 # --- Loops ------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
-def _ci(entry: dict) -> str:
-    """'80.0% [76.1, 83.9]' from a bootstrap_rate result."""
+def format_interval(entry: dict) -> str:
+    """'80.0% [76.1, 83.9]' from a bootstrap_rate result (the estimate alone without an interval)."""
     if entry.get("estimate") is None:
         return "n/a"
     if entry.get("low") is None:
@@ -40,7 +40,7 @@ def _diff(entry: dict) -> str:
 def headline(metrics: dict, rate: str = "wer") -> str:
     """'WER 80.0% [76.1, 83.9] -> 27.3% [24.0, 30.8], difference -52.7 pts [..], p < 0.001'."""
     overall = metrics["statistics"]["overall"][rate]
-    return (f"{rate.upper()} {_ci(overall['base'])} -> {_ci(overall['adapter'])}, difference "
+    return (f"{rate.upper()} {format_interval(overall['base'])} -> {format_interval(overall['adapter'])}, difference "
             f"{_diff(overall['difference'])}")
 
 
@@ -52,7 +52,7 @@ def _group_table(metrics: dict, column: str) -> list[str]:
         n = values["normalised"]["n_utterances"]
         if value in stats:
             wer = stats[value]["wer"]
-            lines.append(f"| {value} | {n} | {_ci(wer['base'])} | {_ci(wer['adapter'])} | {_diff(wer['difference'])} |")
+            lines.append(f"| {value} | {n} | {format_interval(wer['base'])} | {format_interval(wer['adapter'])} | {_diff(wer['difference'])} |")
         else:
             lines.append(f"| {value} | {n} | {_pct(values['normalised']['wer'])} | "
                          f"{_pct(adapter[value]['normalised']['wer'])} | |")
@@ -87,7 +87,7 @@ def render_summary(metrics: dict, training: dict, vertical: str) -> str:
              "| metric | base | adapter | difference (adapter - base) |", "|---|---|---|---|"]
     for rate in ("wer", "cer"):
         entry = overall[rate]
-        lines.append(f"| {rate.upper()} (normalised) | {_ci(entry['base'])} | {_ci(entry['adapter'])} | "
+        lines.append(f"| {rate.upper()} (normalised) | {format_interval(entry['base'])} | {format_interval(entry['adapter'])} | "
                      f"{_diff(entry['difference'])} |")
     for rate in ("wer", "cer"):
         lines.append(f"| {rate.upper()} (raw) | {_pct(base['raw'][rate])} | {_pct(adapter['raw'][rate])} | |")
@@ -134,6 +134,10 @@ def render_summary(metrics: dict, training: dict, vertical: str) -> str:
                       f"({'n/a' if change is None else f'{change:+.1f}'} pts; "
                       + ("within" if on_control["within_half_point"] else "**more than**")
                       + " the 0.5-point allowance)."]
+        over = not served["within_half_point"] or not (on_control or {}).get("within_half_point", True)
+        if over and served["compute_type"] != "float32":
+            lines += ["", f"To serve without {served['compute_type']}'s loss, set `transcription.ct2.quantization: "
+                      "float32` (slower; docs/results.md, \"The served model\", has the measured trade-off)."]
     lines += ["", "## Adapter training", "",
               f"- trainable parameters: {training['trainable_params']:,} of {training['total_params']:,} "
               f"({100 * training['trainable_fraction']:.2f}%)",
@@ -153,8 +157,8 @@ def _terms_section(block: dict | None) -> list[str]:
         return lines + ["No key terms configured for this vertical (`evaluation.key_terms`)."]
     b, a = block["base"], block["adapter"]
     lines += [f"Share of reference occurrences of {len(block['terms'])} key terms that the transcript gets right "
-              f"(word-aligned with jiwer): base {_pct(b['recall'])} -> adapter {_pct(a['recall'])} "
-              f"({b['occurrences']} occurrences).", "", "| term | occurrences | base | adapter |", "|---|---|---|---|"]
+              f"(word-aligned with jiwer): {_recall_change(block)} ({b['occurrences']} occurrences"
+              f"{_term_utterances(block)}).", "", "| term | occurrences | base | adapter |", "|---|---|---|---|"]
     rows = sorted(a["terms"].items(), key=lambda kv: (-kv[1]["occurrences"], kv[0]))
     for term, values in rows:
         if values["occurrences"]:
@@ -166,6 +170,20 @@ def _terms_section(block: dict | None) -> list[str]:
                                                              if len(absent) > ABSENT_TERMS_LISTED else "")
         lines += ["", f"Not in this test split ({len(absent)} of {len(rows)} terms): {shown}."]
     return lines
+
+
+def _recall_change(block: dict) -> str:
+    """'base 19.4% [..] -> adapter 47.6% [..], difference +28.2 pts [..], p ..' (intervals when computed)."""
+    stats = block.get("statistics")
+    if not stats:
+        return f"base {_pct(block['base']['recall'])} -> adapter {_pct(block['adapter']['recall'])}"
+    return (f"base {format_interval(stats['base'])} -> adapter {format_interval(stats['adapter'])}, difference "
+            f"{_diff(stats['difference'])}")
+
+
+def _term_utterances(block: dict) -> str:
+    stats = block.get("statistics")
+    return f" in {stats['n_utterances_with_terms']} utterances; 95% intervals over utterances" if stats else ""
 
 
 def _loop_lines(loops: dict | None) -> list[str]:
@@ -216,7 +234,7 @@ def unseen_voice_sentence(block: dict | None) -> str | None:
     wer = block["wer"]
     cut = block.get("wer_relative_reduction")
     return (f"The same test sentences read by a synthesiser training never used (Kokoro, "
-            f"{block['n_utterances']} recordings): word error rate {_ci(wer['base'])} -> {_ci(wer['adapter'])}"
+            f"{block['n_utterances']} recordings): word error rate {format_interval(wer['base'])} -> {format_interval(wer['adapter'])}"
             + (f", a {round(100 * cut)}% relative cut" if cut is not None and cut >= 0 else
                f", {round(-100 * cut)}% more errors" if cut is not None else "")
             + ". The gap between this cut and the headline's is what the adapter learned of the training voices.")
@@ -229,13 +247,13 @@ def _unseen_voice_section(block: dict | None) -> list[str]:
         return lines + [reason]
     wer, terms = block["wer"], block["key_terms"]
     lines += [f"{block['n_utterances']} distinct test sentences, one Kokoro-82M voice each ({', '.join(block['voices'])}; "
-              f"pronunciation from espeak-ng `{block['accent']}`). WER {_ci(wer['base'])} (base) -> "
-              f"{_ci(wer['adapter'])} (adapter), paired difference {_diff(wer['difference'])}; relative cut "
+              f"pronunciation from espeak-ng `{block['accent']}`). WER {format_interval(wer['base'])} (base) -> "
+              f"{format_interval(wer['adapter'])} (adapter), paired difference {_diff(wer['difference'])}; relative cut "
               f"{_pct(block['wer_relative_reduction'])}. Looping outputs: base {block['loops']['base']}, adapter "
               f"{block['loops']['adapter']}."]
     if terms["base"]["occurrences"]:
-        lines.append(f"Key-term recall: {_pct(terms['base']['recall'])} -> {_pct(terms['adapter']['recall'])} "
-                     f"({terms['base']['occurrences']} occurrences).")
+        lines.append(f"Key-term recall: {_recall_change(terms)} ({terms['base']['occurrences']} occurrences"
+                     f"{_term_utterances(terms)}).")
     lines += ["", "| voice | utterances | base WER | adapter WER |", "|---|---|---|---|"]
     lines += [f"| {voice} | {part['n_utterances']} | {_pct(part['base'])} | {_pct(part['adapter'])} |"
               for voice, part in block["by_voice"].items()]

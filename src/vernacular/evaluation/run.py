@@ -24,7 +24,8 @@ from vernacular.data.manifest import corpus_name, default_root, read_manifest, r
     source_exists
 from vernacular.data.synth import render
 from vernacular.evaluation.metrics import (PAIRED_TEST, compare_systems, count_loops, error_rates, evaluate,
-                                           forgetting_check, normalise, per_utterance_errors, term_recall, worst_groups)
+                                           forgetting_check, normalise, per_utterance_errors, term_recall,
+                                           term_recall_statistics, worst_groups)
 from vernacular.evaluation.plots import plot_group_wer, plot_utterance_scatter
 from vernacular.evaluation.report import headline, render_summary
 from vernacular.models.families import DecodeSettings
@@ -199,8 +200,7 @@ def unseen_voice_check(rows: pd.DataFrame, base: list[str], adapter: list[str], 
             "voices": sorted(set(rows["speaker"])), "n_utterances": len(rows), "normaliser": norm,
             "wer": compared["wer"], "cer": compared["cer"], "sign_test": compared["sign_test"],
             "wer_relative_reduction": (base_wer - adapter_wer) / base_wer if base_wer else None,
-            "key_terms": {name: term_recall(rows["text"].tolist(), texts, settings.key_terms, norm)
-                          for name, texts in (("base", base), ("adapter", adapter))},
+            "key_terms": key_term_block(rows["text"].tolist(), base, adapter, settings, norm),
             "loops": {name: count_loops(rows["text"].tolist(), texts, norm)["count"]
                       for name, texts in (("base", base), ("adapter", adapter))},
             "by_voice": by_voice,
@@ -520,11 +520,21 @@ def score_transcripts(transcripts: pd.DataFrame, settings: EvaluationSettings) -
     metrics["wer_difference"] = overall["wer"]["difference"]
     metrics["worst_speakers"] = worst_groups(metrics["base"]["by_speaker"], metrics["adapter"]["by_speaker"],
                                              settings.worst_speakers)
-    metrics["key_terms"] = {
-        "terms": settings.key_terms,
-        **{name: term_recall(transcripts["reference"].tolist(), transcripts[name].tolist(), settings.key_terms,
-                             settings.normaliser) for name in ("base", "adapter")}}
+    metrics["key_terms"] = key_term_block(transcripts["reference"].tolist(), transcripts["base"].tolist(),
+                                          transcripts["adapter"].tolist(), settings, settings.normaliser)
     return metrics
+
+
+def key_term_block(references: list[str], base: list[str], adapter: list[str], settings: EvaluationSettings,
+                   normaliser: str) -> dict:
+    """Domain-term recall of base and adapter, per term and pooled with bootstrap intervals."""
+    boot = settings.bootstrap
+    return {"terms": settings.key_terms,
+            **{name: term_recall(references, texts, settings.key_terms, normaliser)
+               for name, texts in (("base", base), ("adapter", adapter))},
+            "statistics": term_recall_statistics(references, base, adapter, settings.key_terms, normaliser,
+                                                 n_resamples=boot.n_resamples, seed=boot.seed,
+                                                 confidence=boot.confidence)}
 
 
 def statistics_block(transcripts: pd.DataFrame, settings: EvaluationSettings) -> dict:

@@ -32,7 +32,7 @@ from vernacular.common.storage import version_of
 from vernacular.common.text import sentence_key
 from vernacular.data.corpus import packaged_text
 from vernacular.data.manifest import sha256_source
-from vernacular.evaluation.report import control_figures, unseen_voice_sentence
+from vernacular.evaluation.report import control_figures, format_interval, unseen_voice_sentence
 from vernacular.models.families import FAMILIES, family_for
 from vernacular.models.loading import ADAPTER_CARD, hub_name, speech_task
 from vernacular.models.whisper_ct2 import EMBEDDED_MODELS
@@ -576,8 +576,11 @@ def _evaluation_section(eval_metrics: dict, facts: dict) -> list[str]:
     terms = eval_metrics.get("key_terms") or {}
     if terms.get("terms"):
         b, a = terms.get("base", {}), terms.get("adapter", {})
+        stats = terms.get("statistics") or {}
+        b_text, a_text = (format_interval(stats[k]) if stats.get(k) else _pct(v.get("recall"))
+                          for k, v in (("base", b), ("adapter", a)))
         out.append(f"| domain-term recall ({a.get('occurrences', 0)} occurrences of {len(terms['terms'])} terms) | "
-                   f"{_pct(b.get('recall'))} | {_pct(a.get('recall'))} |")
+                   f"{b_text} | {a_text} |")
     latency = eval_metrics.get("latency") or {}
     if latency.get("base") and latency.get("adapter"):
         out.append(f"| real-time factor, batch 1 (merged adapter) | {latency['base']['real_time_factor']:.3f} | "
