@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vernacular.evaluation.metrics import (bootstrap_rate, compare_systems, forgetting_check, paired_bootstrap,
-                                per_utterance_char_errors, sign_test, term_recall, term_recall_statistics,
+                                per_utterance_char_errors, sign_test, term_recall, compare_term_recall,
                                 worst_groups)
 
 
@@ -135,7 +135,10 @@ def test_term_recall_interval_resamples_utterances_with_terms_and_pairs_the_syst
     adapter = (["a pneumothorax here"] * 4 + ["a new mothorax here"] * 2 + ["the pleural effusion"] * 5
                + ["pneumothorax and pneumothorax"] + ["fine"] * 3)
     terms = ["pneumothorax", "pleural effusion"]
-    stats = term_recall_statistics(refs, base, adapter, terms, "basic", n_resamples=500, seed=1)
+    compared = compare_term_recall(refs, base, adapter, terms, "basic", n_resamples=500, seed=1)
+    assert compared["base"] == term_recall(refs, base, terms, "basic")
+    assert compared["adapter"] == term_recall(refs, adapter, terms, "basic")
+    stats = compared["statistics"]
     assert stats["n_utterances_with_terms"] == 12
     # pooled recall equals term_recall's
     assert stats["base"]["estimate"] == pytest.approx(term_recall(refs, base, terms, "basic")["recall"]) \
@@ -145,7 +148,7 @@ def test_term_recall_interval_resamples_utterances_with_terms_and_pairs_the_syst
     diff = stats["difference"]
     assert diff["difference"] == pytest.approx(4 / 13)  # adapter - base, positive = more terms right
     assert 0 < diff["low"] <= diff["high"] and diff["p_value"] < 0.05
-    same = term_recall_statistics(refs, base, base, terms, "basic", n_resamples=500, seed=1)
+    same = compare_term_recall(refs, base, base, terms, "basic", n_resamples=500, seed=1)["statistics"]
     assert same["difference"]["difference"] == 0 and same["difference"]["p_value"] == 1
 
 

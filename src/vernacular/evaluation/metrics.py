@@ -453,6 +453,10 @@ def term_recall(references: Sequence[str], hypotheses: Sequence[str], terms: Seq
     Terms that normalise to nothing are listed under "ignored_terms".
     """
     per_term, _, _, ignored = _term_counts(references, hypotheses, terms, normaliser)
+    return _recall_summary(per_term, ignored, normaliser)
+
+
+def _recall_summary(per_term: dict, ignored: list[str], normaliser: str) -> dict:
     for values in per_term.values():
         values["recall"] = _rate(values["hits"], values["occurrences"])
     occurrences = sum(v["occurrences"] for v in per_term.values())
@@ -461,24 +465,28 @@ def term_recall(references: Sequence[str], hypotheses: Sequence[str], terms: Seq
             "recall": _rate(hits, occurrences), "ignored_terms": ignored}
 
 
-def term_recall_statistics(references: Sequence[str], base: Sequence[str], adapter: Sequence[str],
-                           terms: Sequence[str], normaliser: str = "whisper_english", *, n_resamples: int = 2000,
-                           seed: int = 0, confidence: float = 0.95) -> dict:
-    """Pooled term recall of base and adapter with bootstrap intervals over utterances.
+def compare_term_recall(references: Sequence[str], base: Sequence[str], adapter: Sequence[str],
+                        terms: Sequence[str], normaliser: str = "whisper_english", *, n_resamples: int = 2000,
+                        seed: int = 0, confidence: float = 0.95) -> dict:
+    """`term_recall` of base and adapter, and their pooled recall with bootstrap intervals over utterances.
 
     Terms cluster in utterances, so utterances (not occurrences) are resampled, as for WER.
-    Returns {"base", "adapter"} (`bootstrap_rate` of hits over occurrences) and "difference"
-    (`paired_bootstrap`, adapter - base recall); "n_utterances_with_terms".
+    Returns {"base", "adapter"} (`term_recall` results) and "statistics": {"base", "adapter"}
+    (`bootstrap_rate` of hits over occurrences), "difference" (`paired_bootstrap`, adapter - base
+    recall), "n_utterances_with_terms".
     """
-    _, occurrences, base_hits, _ = _term_counts(references, base, terms, normaliser)
-    _, _, adapter_hits, _ = _term_counts(references, adapter, terms, normaliser)
+    base_terms, occurrences, base_hits, ignored = _term_counts(references, base, terms, normaliser)
+    adapter_terms, _, adapter_hits, _ = _term_counts(references, adapter, terms, normaliser)
     # Utterances without a term add nothing to either sum; leaving them out keeps the resampling honest.
     keep = [i for i, n in enumerate(occurrences) if n]
     occ = [occurrences[i] for i in keep]
     b, a = [base_hits[i] for i in keep], [adapter_hits[i] for i in keep]
     options = {"n_resamples": n_resamples, "seed": seed, "confidence": confidence}
-    return {"n_utterances_with_terms": len(keep), "base": bootstrap_rate(b, occ, **options),
-            "adapter": bootstrap_rate(a, occ, **options), "difference": paired_bootstrap(b, a, occ, **options)}
+    return {"base": _recall_summary(base_terms, ignored, normaliser),
+            "adapter": _recall_summary(adapter_terms, ignored, normaliser),
+            "statistics": {"n_utterances_with_terms": len(keep), "base": bootstrap_rate(b, occ, **options),
+                           "adapter": bootstrap_rate(a, occ, **options),
+                           "difference": paired_bootstrap(b, a, occ, **options)}}
 
 
 # --- Loops ------------------------------------------------------------------------------------

@@ -183,7 +183,10 @@ def _recall_change(block: dict) -> str:
 
 def _term_utterances(block: dict) -> str:
     stats = block.get("statistics")
-    return f" in {stats['n_utterances_with_terms']} utterances; 95% intervals over utterances" if stats else ""
+    if not stats:
+        return ""
+    return (f" in {stats['n_utterances_with_terms']} utterances; {round(100 * stats['base']['confidence'])}% "
+            "intervals over utterances")
 
 
 def _loop_lines(loops: dict | None) -> list[str]:

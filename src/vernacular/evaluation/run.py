@@ -23,9 +23,9 @@ from vernacular.data.kokoro_tts import VOICES as KOKORO_VOICES
 from vernacular.data.manifest import corpus_name, default_root, read_manifest, resolve_rows, sha256_source, \
     source_exists
 from vernacular.data.synth import render
-from vernacular.evaluation.metrics import (PAIRED_TEST, compare_systems, count_loops, error_rates, evaluate,
-                                           forgetting_check, normalise, per_utterance_errors, term_recall,
-                                           term_recall_statistics, worst_groups)
+from vernacular.evaluation.metrics import (PAIRED_TEST, compare_systems, compare_term_recall, count_loops,
+                                           error_rates, evaluate, forgetting_check, normalise,
+                                           per_utterance_errors, worst_groups)
 from vernacular.evaluation.plots import plot_group_wer, plot_utterance_scatter
 from vernacular.evaluation.report import headline, render_summary
 from vernacular.models.families import DecodeSettings
@@ -530,11 +530,8 @@ def key_term_block(references: list[str], base: list[str], adapter: list[str], s
     """Domain-term recall of base and adapter, per term and pooled with bootstrap intervals."""
     boot = settings.bootstrap
     return {"terms": settings.key_terms,
-            **{name: term_recall(references, texts, settings.key_terms, normaliser)
-               for name, texts in (("base", base), ("adapter", adapter))},
-            "statistics": term_recall_statistics(references, base, adapter, settings.key_terms, normaliser,
-                                                 n_resamples=boot.n_resamples, seed=boot.seed,
-                                                 confidence=boot.confidence)}
+            **compare_term_recall(references, base, adapter, settings.key_terms, normaliser,
+                                  n_resamples=boot.n_resamples, seed=boot.seed, confidence=boot.confidence)}
 
 
 def statistics_block(transcripts: pd.DataFrame, settings: EvaluationSettings) -> dict:
