@@ -21,6 +21,9 @@ BASE = ["There is no new motor ax.", "Mild cardio megaly is present.", "The lung
 ADAPTER = ["There is no pneumothorax.", "Mild cardiomegaly is present.", "The lungs are clear.",
            "Small left pleural effusion.", "No focal consolidation.", "Stable pleural infusion on the right."]
 
+TRAINING = {"trainable_params": 1000, "total_params": 100000, "trainable_fraction": 0.01, "steps": 2,
+            "train_examples": 8, "train_seconds": 60.0, "device_name": "cpu"}
+
 
 @pytest.fixture(scope="module")
 def transcripts() -> pd.DataFrame:
@@ -92,8 +95,7 @@ def test_worst_speakers_and_term_recall(metrics):
 
 
 def test_summary_shows_intervals_tests_terms_forgetting_and_all_error_kinds(metrics):
-    training = {"trainable_params": 1000, "total_params": 100000, "trainable_fraction": 0.01, "steps": 2,
-                "train_examples": 8, "train_seconds": 60.0, "device_name": "cpu"}
+    training = dict(TRAINING)
     text = render_summary(metrics, training, "radiology")
     assert "WER (normalised)" in text and "basic" in text
     overall = metrics["statistics"]["overall"]["wer"]
@@ -238,8 +240,7 @@ def test_evaluation_html_page_leads_with_the_change_in_words_then_figures_then_s
     from vernacular.common.htmlpage import figure_png
     from vernacular.evaluation.report import plain_headline, render_evaluation_html
 
-    training = {"trainable_params": 1000, "total_params": 100000, "trainable_fraction": 0.01, "steps": 2,
-                "train_examples": 8, "train_seconds": 60.0, "device_name": "cpu"}
+    training = dict(TRAINING)
     per_utt = metrics["per_utterance"]
     figures = [(figure_png(plot_group_wer(metrics["statistics"], settings.group_columns)), "per group"),
                (figure_png(plot_utterance_scatter(per_utt["base_wer"], per_utt["adapter_wer"])), "per recording")]
@@ -321,8 +322,7 @@ def test_evaluation_page_as_headless_chromium_draws_it(metrics, settings, tmp_pa
 
     if find_chromium() is None:
         pytest.skip("no chromium on PATH (Debian: apt-get install chromium)")
-    training = {"trainable_params": 1000, "total_params": 100000, "trainable_fraction": 0.01, "steps": 2,
-                "train_examples": 8, "train_seconds": 60.0, "device_name": "cpu"}
+    training = dict(TRAINING)
     per_utt = metrics["per_utterance"]
     figures = [(figure_png(plot_group_wer(metrics["statistics"], settings.group_columns)), "per group"),
                (figure_png(plot_utterance_scatter(per_utt["base_wer"], per_utt["adapter_wer"])), "per recording")]
@@ -352,3 +352,36 @@ def test_terms_missing_from_the_test_split_are_counted_and_the_list_capped():
     assert "| nodule | 1 | 100.0% | 100.0% |" in text
     assert f"Not in this test split ({ABSENT_TERMS_LISTED + 5} of {len(terms)} terms): term00, term01" in text
     assert f"term{ABSENT_TERMS_LISTED - 1:02d} and 5 more." in text and f"term{ABSENT_TERMS_LISTED:02d}" not in text
+
+
+def test_age_bands_are_reported_with_intervals_and_worse_speakers_named(transcripts):
+    from vernacular.evaluation.run import add_group_bands
+
+    settings = EvaluationSettings.from_dict({"normaliser": "basic", "group_columns": ["speaker"],
+                                             "group_bands": {"age": {"children": 0, "adults": 16}},
+                                             "bootstrap": {"n_resamples": 200, "seed": 3}})
+    assert settings.groups == ["speaker", "age_band"]
+    aged = transcripts.assign(age=[8, 8, 30, 30, 12, 12])
+    with pytest.raises(ValueError, match=r"group_bands \['age'\] are not manifest columns"):
+        add_group_bands(transcripts, settings)
+    banded = add_group_bands(aged, settings)
+    assert "age_band" not in aged and banded["age_band"].tolist() == ["children"] * 2 + ["adults"] * 2 + ["children"] * 2
+    scored = score_transcripts(banded, settings)
+    by_band = scored["statistics"]["by_age_band"]
+    assert set(by_band) == {"children", "adults"} and by_band["children"]["n_utterances"] == 4
+    assert by_band["children"]["wer"]["base"]["low"] is not None  # an interval, not a bare rate
+    # the fixture's adapter is better or equal for every speaker: nobody is worse beyond the interval
+    assert scored["speakers_worse"] == []
+    scored.update({"normaliser": "basic", "n_utterances": 6, "audio_seconds": 12.0, "device": "cpu",
+                   "device_name": "cpu"})
+    segment = {"seconds_per_segment": 1.0, "real_time_factor": 0.05, "segments": 1, "mean_segment_seconds": 20.0}
+    scored["latency"] = {"base": dict(segment), "adapter_unmerged": dict(segment), "adapter": dict(segment),
+                         "merged_equals_unmerged": True}
+    text = render_summary(scored, TRAINING, "accent")
+    assert "## By age_band" in text and "| children | 4 |" in text
+    assert "No speaker is worse beyond the 95% interval of its difference (of 3 speakers)." in text
+    swapped = banded.rename(columns={"base": "adapter", "adapter": "base"})
+    worse = score_transcripts(swapped, settings)["speakers_worse"]
+    assert worse and all(w["low"] > 0 for w in worse)
+    assert "speakers worse beyond the 95% interval" in render_summary(
+        {**scored, **score_transcripts(swapped, settings)}, TRAINING, "accent")

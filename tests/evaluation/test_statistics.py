@@ -190,3 +190,30 @@ def test_loops_count_hypotheses_over_twice_their_reference():
     assert count_loops(refs, hyps, "basic") == {"count": 3, "n_utterances": 4, "ratio": 2.0}
     assert count_loops(refs[:1], ["the lungs are clear and the heart is fine ok"], "basic")["count"] == 1
     assert count_loops(refs[:1], ["the lungs are clear and the heart"], "basic")["count"] == 0
+
+
+def test_bands_label_numbers_by_their_highest_lower_bound():
+    from vernacular.evaluation.metrics import band_labels
+
+    bands = {"adults": 16, "children": 0}
+    assert band_labels([6, 15.9, 16, 43, "21", None, "n/a", -1], bands, "age") == [
+        "children", "children", "adults", "adults", "adults", "unknown", "unknown", "below 0"]
+    with pytest.raises(ValueError, match="group_bands.age: each band needs a numeric lower bound"):
+        band_labels([1], {"children": "young"}, "age")
+    with pytest.raises(ValueError, match="group_bands.age: give at least one band"):
+        band_labels([1], {}, "age")
+
+
+def test_only_speakers_whose_whole_interval_is_worse_are_listed():
+    from vernacular.evaluation.metrics import groups_worse_beyond_interval
+
+    refs = ["the lungs are clear today"] * 12
+    good, bad = ["the lungs are clear today"] * 12, ["the lungs were clean today"] * 12
+    noisy = ["the lungs are clear today"] * 11 + ["the lungs were clean today"]
+    by_speaker = {"worse": compare_systems(refs, good, bad, n_resamples=300, seed=1),
+                  "better": compare_systems(refs, bad, good, n_resamples=300, seed=1),
+                  "one_slip": compare_systems(refs, good, noisy, n_resamples=300, seed=1)}
+    worse = groups_worse_beyond_interval(by_speaker)
+    assert [w["group"] for w in worse] == ["worse"]
+    assert worse[0]["difference"] == pytest.approx(0.4) and worse[0]["low"] > 0
+    assert worse[0]["base_wer"] == 0 and worse[0]["adapter_wer"] == pytest.approx(0.4)

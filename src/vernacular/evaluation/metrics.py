@@ -534,6 +534,47 @@ def forgetting_check(references: Sequence[str], base: Sequence[str], adapter: Se
             "flagged": bool(change is not None and change > margin_pts + 1e-9), "difference": difference}
 
 
+def band_labels(values, bands: dict[str, float], column: str = "value") -> list[str]:
+    """Label each number with the band whose lower bound is the largest one at or below it.
+
+    `bands` maps label -> lower bound, e.g. {"children": 0, "adults": 16}. A missing or non-numeric
+    value is "unknown"; one below every bound is "below <lowest bound>".
+    """
+    if not bands:
+        raise ValueError(f"group_bands.{column}: give at least one band, e.g. {{children: 0, adults: 16}}")
+    try:
+        ordered = sorted(((float(bound), str(label)) for label, bound in bands.items()), reverse=True)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"group_bands.{column}: each band needs a numeric lower bound, got {bands!r}") from exc
+    labels = []
+    for value in values:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if number != number:
+            labels.append("unknown")
+            continue
+        labels.append(next((label for bound, label in ordered if number >= bound), f"below {ordered[-1][0]:g}"))
+    return labels
+
+
+def groups_worse_beyond_interval(by_group: dict) -> list[dict]:
+    """Groups whose paired WER difference interval (adapter - base) lies wholly above zero, worst first.
+
+    `by_group` is a `statistics["by_<column>"]` block of `compare_systems` results.
+    """
+    rows = []
+    for value, entry in by_group.items():
+        diff = entry["wer"]["difference"]
+        if diff.get("low") is not None and diff["low"] > 0:
+            rows.append({"group": value, "n_utterances": entry["n_utterances"], "difference": diff["difference"],
+                         "low": diff["low"], "high": diff["high"], "p_value": diff.get("p_value"),
+                         "base_wer": entry["wer"]["base"]["estimate"],
+                         "adapter_wer": entry["wer"]["adapter"]["estimate"]})
+    return sorted(rows, key=lambda r: (-r["difference"], r["group"]))
+
+
 def worst_groups(by_group_base: dict, by_group_adapter: dict, top_n: int) -> list[dict]:
     """The `top_n` groups (e.g. speakers) with the highest adapter WER (normalised), worst first."""
     rows = []

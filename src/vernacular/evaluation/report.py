@@ -104,6 +104,7 @@ def render_summary(metrics: dict, training: dict, vertical: str) -> str:
         lines += ["", f"## Worst speakers (top {len(worst)} by adapter WER)", ""]
         lines += [f"{i}. {w['group']}: {_pct(w['adapter_wer'])} (base {_pct(w['base_wer'])}, "
                   f"{w['n_utterances']} utterances)" for i, w in enumerate(worst, 1)]
+    lines += ["", *_speakers_worse_lines(metrics)]
     lines += ["", *_terms_section(metrics.get("key_terms"))]
     lines += ["", *_forgetting_section(metrics.get("forgetting"))]
     lines += ["", *_unseen_voice_section(metrics.get("unseen_voices"))]
@@ -149,6 +150,25 @@ def render_summary(metrics: dict, training: dict, vertical: str) -> str:
         lines += [f"- **{ex['speaker']}** ref: {ex['reference']}", f"  - base: {ex['base']}",
                   f"  - adapter: {ex['adapter']}"]
     return "\n".join(lines) + "\n"
+
+
+def speakers_worse_sentence(metrics: dict) -> str | None:
+    """How many test speakers the adapter made worse beyond their interval (None before this was measured)."""
+    worse = metrics.get("speakers_worse")
+    if worse is None:
+        return None
+    n_speakers = len(metrics.get("statistics", {}).get("by_speaker", {}))
+    confidence = metrics.get("statistics", {}).get("bootstrap", {}).get("confidence", 0.95)
+    if not worse:
+        return f"No speaker is worse beyond the {confidence:.0%} interval of its difference (of {n_speakers} speakers)."
+    listed = "; ".join(f"{w['group']} {_pct(w['base_wer'])} -> {_pct(w['adapter_wer'])} ({_diff(w)})" for w in worse)
+    return (f"**{len(worse)} of {n_speakers} speakers worse beyond the {confidence:.0%} interval of their "
+            f"difference**: {listed}.")
+
+
+def _speakers_worse_lines(metrics: dict) -> list[str]:
+    sentence = speakers_worse_sentence(metrics)
+    return ["## Speakers made worse", "", sentence] if sentence else []
 
 
 def _terms_section(block: dict | None) -> list[str]:

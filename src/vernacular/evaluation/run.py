@@ -23,9 +23,10 @@ from vernacular.data.kokoro_tts import VOICES as KOKORO_VOICES
 from vernacular.data.manifest import corpus_name, default_root, read_manifest, resolve_rows, sha256_source, \
     source_exists
 from vernacular.data.synth import render
-from vernacular.evaluation.metrics import (PAIRED_TEST, compare_systems, compare_term_recall, count_loops,
-                                           error_rates, evaluate, forgetting_check, normalise,
-                                           per_utterance_errors, worst_groups)
+from vernacular.evaluation.metrics import (PAIRED_TEST, band_labels, compare_systems, compare_term_recall,
+                                           count_loops, error_rates, evaluate, forgetting_check,
+                                           groups_worse_beyond_interval, normalise, per_utterance_errors,
+                                           worst_groups)
 from vernacular.evaluation.plots import plot_group_wer, plot_utterance_scatter
 from vernacular.evaluation.report import headline, render_summary
 from vernacular.models.families import DecodeSettings
@@ -47,6 +48,9 @@ class EvaluationSettings:
     max_utterances: int | None = None
     substitution_examples: int = 15
     group_columns: list[str] = field(default_factory=lambda: ["speaker"])
+    # Numeric manifest columns cut into labelled bands, each reported as a group `<column>_band`:
+    # {age: {children: 0, adults: 16}} (label: lower bound) gives `age_band` with intervals.
+    group_bands: dict[str, dict[str, float]] = field(default_factory=dict)
     progress: bool = True
     bootstrap: BootstrapSettings = field(default_factory=lambda: BootstrapSettings())
     worst_speakers: int = 5
@@ -71,6 +75,12 @@ class EvaluationSettings:
     @classmethod
     def from_dict(cls, values: dict | None) -> "EvaluationSettings":
         return build_settings(cls, values, "evaluation")
+
+    @property
+    def groups(self) -> list[str]:
+        """Every reported group column: `group_columns`, then one `<column>_band` per `group_bands` entry."""
+        banded = [f"{column}_band" for column in self.group_bands]
+        return [*self.group_columns, *[c for c in banded if c not in self.group_columns]]
 
 
 @dataclass
@@ -332,9 +342,7 @@ def evaluate_adapter(test: pd.DataFrame, base_model: dict, adapter_dir: str,
     rows = test.sort_values("utterance_id").reset_index(drop=True)
     if settings.max_utterances:
         rows = rows.head(settings.max_utterances)
-    missing = [c for c in settings.group_columns if c not in rows]
-    if missing:
-        raise ValueError(f"evaluation.group_columns {missing} are not manifest columns; available: {list(rows.columns)}")
+    rows = add_group_bands(rows, settings)
     audios = [read_audio(p) for p in rows["audio_path"]]
     audio_seconds = sum(len(a) for a in audios) / TARGET_SAMPLE_RATE
 
@@ -354,7 +362,7 @@ def evaluate_adapter(test: pd.DataFrame, base_model: dict, adapter_dir: str,
     merged_texts = latency["adapter"].pop("texts")
     latency["base"].pop("texts")
 
-    extra = [c for c in settings.group_columns if c != "speaker"]
+    extra = [c for c in settings.groups if c != "speaker"]
     transcripts = rows[["utterance_id", "speaker", *extra, "audio_path", "duration"]].copy()
     transcripts["reference"] = rows["text"]
     transcripts["base"] = results["base"]
@@ -497,6 +505,18 @@ def evaluate_adapter_cached(test: pd.DataFrame, base_model: dict, adapter_dir: s
     return metrics, transcripts
 
 
+def add_group_bands(rows: pd.DataFrame, settings: EvaluationSettings) -> pd.DataFrame:
+    """`rows` with a `<column>_band` column per `settings.group_bands` entry; every group column checked."""
+    missing = [c for c in [*settings.group_columns, *settings.group_bands] if c not in rows]
+    if missing:
+        raise ValueError(f"evaluation.group_columns / group_bands {missing} are not manifest columns; "
+                         f"available: {list(rows.columns)}")
+    rows = rows.copy()
+    for column, bands in settings.group_bands.items():
+        rows[f"{column}_band"] = band_labels(rows[column].tolist(), bands, column)
+    return rows
+
+
 def score_transcripts(transcripts: pd.DataFrame, settings: EvaluationSettings) -> dict:
     """Every accuracy figure from a transcripts frame (utterance_id, speaker, group columns, reference,
     base, adapter): rates per system and group, intervals and paired tests, worst speakers, term
@@ -505,7 +525,7 @@ def score_transcripts(transcripts: pd.DataFrame, settings: EvaluationSettings) -
     metrics: dict = {}
     for name in ("base", "adapter"):
         frame = transcripts.rename(columns={name: "hypothesis"})
-        metrics[name] = evaluate(frame, group_cols=tuple(settings.group_columns), normaliser=settings.normaliser)
+        metrics[name] = evaluate(frame, group_cols=tuple(settings.groups), normaliser=settings.normaliser)
     base_wer = metrics["base"]["normalised"]["wer"]
     adapter_wer = metrics["adapter"]["normalised"]["wer"]
     metrics["wer_relative_reduction"] = (base_wer - adapter_wer) / base_wer if base_wer else None
@@ -520,6 +540,7 @@ def score_transcripts(transcripts: pd.DataFrame, settings: EvaluationSettings) -
     metrics["wer_difference"] = overall["wer"]["difference"]
     metrics["worst_speakers"] = worst_groups(metrics["base"]["by_speaker"], metrics["adapter"]["by_speaker"],
                                              settings.worst_speakers)
+    metrics["speakers_worse"] = groups_worse_beyond_interval(metrics["statistics"]["by_speaker"])
     metrics["key_terms"] = key_term_block(transcripts["reference"].tolist(), transcripts["base"].tolist(),
                                           transcripts["adapter"].tolist(), settings, settings.normaliser)
     return metrics
@@ -547,7 +568,7 @@ def statistics_block(transcripts: pd.DataFrame, settings: EvaluationSettings) ->
     stats: dict = {"test": PAIRED_TEST, "bootstrap": {**boot.__dict__, "unit": "utterance"},
                    "normaliser": settings.normaliser,
                    "overall": compare_systems(refs, hyps["base"], hyps["adapter"], **options)}
-    for column in settings.group_columns:
+    for column in settings.groups:
         groups = {}
         for value, positions in sorted(transcripts.groupby(column, dropna=False, sort=False).indices.items(),
                                        key=lambda kv: str(kv[0])):
@@ -605,7 +626,7 @@ def evaluate_vertical(manifest: pd.DataFrame, base_model: dict, adapter: str, tr
                  vertical, unseen["n_utterances"], 100 * unseen["wer"]["base"]["estimate"],
                  100 * unseen["wer"]["adapter"]["estimate"], 100 * unseen["wer"]["difference"]["difference"],
                  100 * (unseen["wer_relative_reduction"] or 0))
-    wer_plot = plot_group_wer(metrics["statistics"], settings.group_columns, title=f"{vertical}: WER base vs adapter")
+    wer_plot = plot_group_wer(metrics["statistics"], settings.groups, title=f"{vertical}: WER base vs adapter")
     per_utt = metrics["per_utterance"]
     scatter = plot_utterance_scatter(per_utt["base_wer"], per_utt["adapter_wer"], labels=per_utt["speaker"],
                                      title=f"{vertical}: per-utterance WER ({len(per_utt['base_wer'])} utterances)")
