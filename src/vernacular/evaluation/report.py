@@ -152,23 +152,21 @@ def render_summary(metrics: dict, training: dict, vertical: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def speakers_worse_sentence(metrics: dict) -> str | None:
-    """How many test speakers the adapter made worse beyond their interval (None before this was measured)."""
+def _speakers_worse_lines(metrics: dict) -> list[str]:
+    """How many test speakers the adapter made worse beyond their interval (nothing before this was measured)."""
     worse = metrics.get("speakers_worse")
     if worse is None:
-        return None
-    n_speakers = len(metrics.get("statistics", {}).get("by_speaker", {}))
-    confidence = metrics.get("statistics", {}).get("bootstrap", {}).get("confidence", 0.95)
-    if not worse:
-        return f"No speaker is worse beyond the {confidence:.0%} interval of its difference (of {n_speakers} speakers)."
-    listed = "; ".join(f"{w['group']} {_pct(w['base_wer'])} -> {_pct(w['adapter_wer'])} ({_diff(w)})" for w in worse)
-    return (f"**{len(worse)} of {n_speakers} speakers worse beyond the {confidence:.0%} interval of their "
-            f"difference**: {listed}.")
-
-
-def _speakers_worse_lines(metrics: dict) -> list[str]:
-    sentence = speakers_worse_sentence(metrics)
-    return ["## Speakers made worse", "", sentence] if sentence else []
+        return []
+    stats = metrics.get("statistics", {})
+    n_speakers = len(stats.get("by_speaker", {}))
+    confidence = stats.get("bootstrap", {}).get("confidence", 0.95)
+    if worse:
+        listed = "; ".join(f"{w['group']} {_pct(w['base_wer'])} -> {_pct(w['adapter_wer'])} ({_diff(w)})" for w in worse)
+        sentence = (f"**{len(worse)} of {n_speakers} speakers worse beyond the {confidence:.0%} interval of their "
+                    f"difference**: {listed}.")
+    else:
+        sentence = f"No speaker is worse beyond the {confidence:.0%} interval of its difference (of {n_speakers} speakers)."
+    return ["## Speakers made worse", "", sentence]
 
 
 def _terms_section(block: dict | None) -> list[str]:
