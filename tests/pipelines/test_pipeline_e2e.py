@@ -70,6 +70,10 @@ def test_adapter_is_plain_peft_naming_its_hub_base_with_its_card_as_readme(proje
     training = json.loads(latest(root / "data/07_model_output/radiology/training_metrics.json").read_text())
     assert training["steps"] == 2 and training["device"] == "cpu"
     assert 0.003 < training["trainable_fraction"] < 0.005  # r=8 on q,v of tiny.en: ~0.39%
+    # the weight type `quantization: auto` serves it with, measured on the validation split
+    precision = json.loads((adapter / "serving_precision.json").read_text())
+    assert precision == training["serving_precision"] and precision["split"] == "validation"
+    assert precision["chosen"] == ("int8" if precision["loss_pts"] <= 0.5 else "float32")
 
 
 def test_evaluation_reports_base_and_adapter(project):
@@ -87,6 +91,8 @@ def test_evaluation_reports_base_and_adapter(project):
     assert metrics["served"]["backend"] == "ctranslate2" and metrics["served"]["latency"]["real_time_factor"] > 0
     summary = latest(root / "data/08_reporting/radiology/eval_summary.md").read_text()
     assert "WER (normalised)" in summary and "whisper_english" in summary
+    chosen = metrics["served"]["precision"]["check"]["chosen"]
+    assert metrics["served"]["compute_type"] == chosen and f"Served as {chosen}: the adapter's precision check" in summary
     page = latest(root / "data/08_reporting/radiology/eval_report.html").read_text()
     assert "With the adapter, the word error rate on the radiology test set (4 recordings" in page
     assert page.count("data:image/png;base64,") == 2 and "WER (normalised)" in page

@@ -35,7 +35,7 @@ def project(tmp_path_factory, embedded_base, speech_clips) -> Path:
     index = extract_features(pd.DataFrame(rows), load_processor(embedded_base), root / "cache", progress=False)
     training = {"epochs": 1, "batch_size": 2, "device": "cpu", "progress": False, "validation_wer": False,
                 "checkpoint_every_steps": 10, "learning_rate": 0.01}
-    adapter, _ = train_adapter(embedded_base, index, training, {"r": 4, "alpha": 8}, {}, {},
+    adapter, _ = train_adapter(embedded_base, index, training, {"r": 4, "alpha": 8}, {}, {}, {},
                                {"root": str(root / "data")}, "radiology")
     AdapterDataset(str(root / "data/06_models/radiology/adapter"),
                    version=__import__("kedro.io.core", fromlist=["Version"]).Version(None, VERSION)).save(adapter)

@@ -15,6 +15,7 @@ from vernacular.data.features import extract_features
 from vernacular.models.loading import SPEECH_TASK_FILE, load_processor, resolve_base_model, with_speech_task
 from vernacular.pipelines.training.nodes import train_adapter
 from vernacular.serving.cli import main
+from vernacular.serving.ct2 import PRECISION_FILE
 
 TRAINING = {"epochs": 1, "batch_size": 2, "device": "cpu", "progress": False, "validation_wer": False,
             "checkpoint_every_steps": 10, "seed": 3}
@@ -57,12 +58,15 @@ def test_a_german_adapter_records_its_language_and_transcribes_in_it(tmp_path, t
     assert processor.tokenizer("Hallo").input_ids[1:3] == [de, transcribe]
     index = extract_features(pd.DataFrame(rows), processor, tmp_path / "cache", progress=False)
 
-    adapter, metrics = train_adapter(base, index, TRAINING, ADAPTER, {}, {}, {"root": str(tmp_path / "data")}, "v")
+    adapter, metrics = train_adapter(base, index, TRAINING, ADAPTER, {}, {}, {}, {"root": str(tmp_path / "data")}, "v")
     assert (metrics["language"], metrics["task"]) == ("de", "transcribe")
     dataset = AdapterDataset(str(tmp_path / "adapter"))
     dataset.save(adapter)
     folder = dataset.load()
     assert json.loads((Path(folder) / SPEECH_TASK_FILE).read_text())["language"] == "de"
+    # its serving precision was measured on its one validation recording, decoded in German
+    assert json.loads((Path(folder) / PRECISION_FILE).read_text()) == metrics["serving_precision"]
+    assert metrics["serving_precision"]["n_utterances"] == 1
 
     clip = rows[0]["audio_path"]
     assert main(["--vertical", "accent", "--adapter", folder, "--device", "cpu", clip]) == 0

@@ -126,6 +126,8 @@ def render_summary(metrics: dict, training: dict, vertical: str) -> str:
                   f"Latency {served['latency']['seconds_per_segment']:.2f} s per ~"
                   f"{served['latency']['mean_segment_seconds']:.0f}-s segment (real-time factor "
                   f"{served['latency']['real_time_factor']:.3f}, batch 1) on {served['device']}; the cost page uses it."]
+        if served.get("precision"):
+            lines += ["", f"Served as {served['compute_type']}: {served['precision']['reason']}."]
         on_control = (metrics.get("forgetting") or {}).get("served")
         if on_control:
             change = on_control["wer_change_pts"]

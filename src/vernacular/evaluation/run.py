@@ -32,6 +32,7 @@ from vernacular.evaluation.report import headline, render_summary
 from vernacular.models.families import DecodeSettings
 from vernacular.models.loading import device_name, load_adapter, load_model, pick_device, speech_task
 from vernacular.serving.batch import BatchSettings, load_transcriber, resolve_backend
+from vernacular.serving.ct2 import PRECISION_FILE, precision_reason, read_precision_choice
 from vernacular.serving.decoding import build_segments, measure_latency, transcribe
 
 log = logging.getLogger(__name__)
@@ -387,6 +388,13 @@ def evaluate_adapter(test: pd.DataFrame, base_model: dict, adapter_dir: str,
         served.update(served_against_fp32(transcripts["reference"].tolist(), texts,
                                           metrics["adapter"]["normalised"]["wer"], settings.normaliser))
         served["batch_real_time_factor"] = served["batch_seconds"] / audio_seconds
+        if serving.ct2.quantization == "auto":  # chosen per adapter at training (vernacular.serving.precision)
+            recorded = read_precision_choice(adapter_dir)
+            served["precision"] = {"setting": "auto", "check": recorded,
+                                   "reason": precision_reason(recorded, served_model.device.type, served["compute_type"])}
+        else:
+            served["precision"] = {"setting": serving.ct2.quantization, "check": None,
+                                   "reason": "set by name in transcription.ct2.quantization"}
         metrics["served"] = served
 
     forgetting = settings.forgetting
@@ -455,7 +463,7 @@ def evaluation_fingerprint(test: pd.DataFrame, base_model: dict, adapter_dir: st
     digest = new_digest(f"eval-v4|{base_model['name_or_path']}|{base_model.get('family')}|{language}|{task}|{device}")
     if base_model.get("local_dir"):
         update_with_files(digest, Path(base_model["local_dir"]), ("config.json", "*.safetensors", "*.bin"))
-    update_with_files(digest, Path(adapter_dir), ("adapter_config.json", "adapter_model.*"))
+    update_with_files(digest, Path(adapter_dir), ("adapter_config.json", "adapter_model.*", PRECISION_FILE))
     digest.update(json.dumps({k: v for k, v in asdict(settings).items() if k not in ("progress", "reuse_cached")},
                              sort_keys=True, default=str).encode())
     for row in test.sort_values("utterance_id").to_dict("records"):

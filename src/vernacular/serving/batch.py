@@ -32,7 +32,8 @@ from vernacular.data.audio import AUDIO_EXTENSIONS, TARGET_SAMPLE_RATE, AudioErr
 from vernacular.models.families import WHISPER, DecodeSettings, family_for
 from vernacular.models.loading import (adapter_speech_task, device_name, load_adapter, load_model, load_processor,
                                       pick_device, speech_task, with_speech_task)
-from vernacular.serving.ct2 import CT2Settings, FasterWhisperModel, ct2_model_dir, export_quantization
+from vernacular.serving.ct2 import (CT2Settings, FasterWhisperModel, ct2_model_dir, export_quantization,
+                                    precision_reason, read_precision_choice)
 from vernacular.serving.decoding import transcribe
 from vernacular.serving.ray_engine import RaySettings, ray_batches
 from vernacular.serving.subtitles import SUBTITLE_FORMATS, subtitles
@@ -263,8 +264,11 @@ def load_transcriber(base_model: dict, adapter_dir: str | None, settings: BatchS
                              "transcription.backend: transformers")
         # a model that cannot take the language stops here, before any export
         family_for(base_model).set_speech_task(load_processor(base_model), None, *speech_task(base_model))
-        compute_type = settings.ct2.compute_type(device.type)
-        ct2 = settings.ct2
+        recorded = read_precision_choice(adapter_dir) if settings.ct2.quantization == "auto" else None
+        compute_type = settings.ct2.compute_type(device.type, recorded)
+        if settings.ct2.quantization == "auto":
+            log.info("serving %s: %s", compute_type, precision_reason(recorded, device.type, compute_type))
+        ct2 = dataclasses.replace(settings.ct2, quantization=compute_type)
         if settings.subtitles and ct2.window_seconds:  # subtitles need the times of each stretch of speech
             ct2 = dataclasses.replace(ct2, window_seconds=0.0)
         model_dir = ct2_model_dir(base_model, adapter_dir, ct2_cache_dir, export_quantization(compute_type))

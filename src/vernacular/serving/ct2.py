@@ -29,13 +29,23 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 CACHE_RECORD = "ct2_cache.json"
 QUANTIZATION_AUTO = {"cpu": "int8", "cuda": "int8_float16"}
+# What `auto` serves when the adapter's precision check found the quantized model too lossy.
+QUANTIZATION_PRECISE = {"cpu": "float32", "cuda": "float16"}
+# Written beside the adapter at training: which weight type `quantization: auto` serves it with,
+# and the validation WERs that decided it (vernacular.serving.precision).
+PRECISION_FILE = "serving_precision.json"
 
 
 @dataclass
 class CT2Settings:
     """`transcription.ct2`: how faster-whisper serves the exported model."""
 
-    quantization: str = "auto"          # auto: int8 on CPU, int8_float16 on CUDA; or float16, float32, ...
+    # auto: int8 on CPU (int8_float16 on CUDA), unless the adapter's precision check (made on its
+    # validation split at training, PRECISION_FILE) found that this costs more than
+    # max_quantization_loss_pts WER points over float32 (float16): then that. Or name one.
+    quantization: str = "auto"
+    max_quantization_loss_pts: float = 0.5
+    precision_check: bool = True        # run that check at the end of training (Whisper-family adapters)
     cpu_threads: int = 0                # 0: CTranslate2's default (all cores)
     beam_size: int = 1
     batch_size: int = 8                 # speech segments decoded together (BatchedInferencePipeline)
@@ -63,14 +73,59 @@ class CT2Settings:
             raise ValueError(f"transcription.ct2.window_seconds must be in [0, 30], got {self.window_seconds}")
         if not self.temperatures or any(t < 0 for t in self.temperatures):
             raise ValueError("transcription.ct2.temperatures must be a non-empty list of values >= 0")
+        if self.max_quantization_loss_pts < 0:
+            raise ValueError("transcription.ct2.max_quantization_loss_pts must be >= 0 (WER points)")
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "CT2Settings":
         return build_settings(cls, values, "transcription.ct2")
 
-    def compute_type(self, device: str) -> str:
-        return QUANTIZATION_AUTO["cuda" if device == "cuda" else "cpu"] if self.quantization == "auto" \
-            else self.quantization
+    def compute_type(self, device: str, recorded: dict | None = None) -> str:
+        """The compute type to serve with on `device` ("cpu", "cuda"). With `auto`, `recorded` (the
+        adapter's PRECISION_FILE, see `read_precision_choice`) decides when it was measured on the
+        same kind of device."""
+        if self.quantization != "auto":
+            return self.quantization
+        kind = "cuda" if device == "cuda" else "cpu"
+        if recorded and recorded.get("device") == kind:
+            return str(recorded["chosen"])
+        return QUANTIZATION_AUTO[kind]
+
+
+def read_precision_choice(adapter_dir: str | os.PathLike | None) -> dict | None:
+    """The adapter's PRECISION_FILE record ({"device", "chosen", "wer", ...}), or None without one
+    (an adapter trained before the check existed, or with `precision_check: false`)."""
+    if adapter_dir is None:
+        return None
+    path = Path(adapter_dir) / PRECISION_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if record["device"] not in QUANTIZATION_AUTO or not isinstance(record["chosen"], str):
+            raise ValueError(f"device {record['device']!r}, chosen {record['chosen']!r}")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a serving-precision record ({exc}); delete it (the adapter is then served "
+                         "with the default precision) or retrain to measure it again") from exc
+    return record
+
+
+def precision_reason(recorded: dict | None, device: str, compute_type: str) -> str:
+    """Why `quantization: auto` serves `compute_type`, in words for the log and the reports."""
+    kind = "cuda" if device == "cuda" else "cpu"
+    if not recorded:
+        return f"the {kind} default (no precision check recorded with this adapter)"
+    if recorded.get("device") != kind:
+        return f"the {kind} default (the adapter's precision check was made on {recorded.get('device')})"
+    wer = recorded.get("wer", {})
+    cheap, precise = QUANTIZATION_AUTO[kind], QUANTIZATION_PRECISE[kind]
+    if cheap in wer and precise in wer:
+        loss = 100 * (wer[cheap] - wer[precise])
+        verdict = "within" if compute_type == cheap else "over"
+        return (f"the adapter's precision check: {cheap} {100 * wer[cheap]:.1f}% vs {precise} {100 * wer[precise]:.1f}% "
+                f"WER on {recorded.get('n_utterances')} validation utterances ({loss:+.1f} pts, {verdict} the "
+                f"{recorded.get('max_loss_pts')}-point allowance)")
+    return "the adapter's precision check"
 
 
 def export_quantization(compute_type: str) -> str:
