@@ -70,6 +70,14 @@ def test_the_export_is_made_once_per_adapter_version(tiny_whisper, tmp_path):
     other = ct2_model_dir(tiny_whisper, second, cache, "int8")
     assert other != one and (other / "model.bin").read_bytes() != (one / "model.bin").read_bytes()
     assert json.loads((one / "ct2_cache.json").read_text())["adapter"] == str(first)
+    # PEFT writes target_modules (a set) in a different order in another process: same adapter, same export
+    config = json.loads((first / "adapter_config.json").read_text())
+    config["target_modules"] = sorted(config["target_modules"], reverse=True)
+    (first / "adapter_config.json").write_text(json.dumps(config, indent=4))
+    assert ct2_model_dir(tiny_whisper, first, cache, "int8") == one
+    config["lora_alpha"] = 2 * config["lora_alpha"]  # a real change to the config is another adapter
+    (first / "adapter_config.json").write_text(json.dumps(config))
+    assert ct2_model_dir(tiny_whisper, first, cache, "int8") != one
     assert ct2_model_dir(tiny_whisper, first, cache, "float32") not in (one, other)
     assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == sorted(
         p.name for p in cache.iterdir())  # no export left half-written

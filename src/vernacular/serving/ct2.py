@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from vernacular.common.config import build_settings
-from vernacular.common.fileio import new_digest, sha256_file, write_new_directory
+from vernacular.common.fileio import new_digest, sha256_file, sha256_text, write_new_directory
 from vernacular.data.audio import TARGET_SAMPLE_RATE  # faster-whisper's rate too
 from vernacular.models.export import CT2_SUBDIR, export_adapter
 from vernacular.models.loading import check_adapter_dir
@@ -133,6 +133,16 @@ def export_quantization(compute_type: str) -> str:
     return "int8" if compute_type.startswith("int8") else compute_type
 
 
+def _config_key(path: Path) -> str:
+    """The adapter config's content, independent of the order PEFT wrote its module lists in (they
+    are sets: the order changes from one process to the next, the adapter does not)."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    for name in ("target_modules", "modules_to_save", "layers_to_transform"):
+        if isinstance(config.get(name), list):
+            config[name] = sorted(config[name], key=str)
+    return sha256_text(json.dumps(config, sort_keys=True))
+
+
 def ct2_model_dir(base_model: dict, adapter_dir: str | os.PathLike | None, cache_root: str | os.PathLike,
                   quantization: str) -> Path:
     """The CTranslate2 copy of the base model with `adapter_dir` merged in, exported once into
@@ -143,9 +153,9 @@ def ct2_model_dir(base_model: dict, adapter_dir: str | os.PathLike | None, cache
                         f"{quantization}")
     if adapter_dir is not None:
         folder = check_adapter_dir(adapter_dir)
-        for name in ("adapter_config.json", "adapter_model.safetensors"):
-            if (folder / name).is_file():
-                digest.update(f"|{name}={sha256_file(folder / name)}".encode())
+        digest.update(f"|adapter_config.json={_config_key(folder / 'adapter_config.json')}".encode())
+        if (folder / "adapter_model.safetensors").is_file():
+            digest.update(f"|adapter_model.safetensors={sha256_file(folder / 'adapter_model.safetensors')}".encode())
     target = Path(cache_root) / digest.hexdigest()[:20]
     if (target / "model.bin").is_file():
         return target
