@@ -76,16 +76,20 @@ def test_sentence_case():
 
 @pytest.mark.parametrize(("env", "rows", "speakers"), [("speechocean", 1400, 70), ("speechocean-full", 2900, 145)])
 def test_speechocean_parts_as_configured_in_the_speechocean_envs(env, rows, speakers, tmp_path):
-    if not SPEECHOCEAN.is_dir():
-        pytest.skip(f"{SPEECHOCEAN} not found (shared data sits beside the repository)")
+    if not SPEECHOCEAN.is_dir() or not (SHARED / "data" / "vctk-p239-mini").is_dir():
+        pytest.skip(f"{SPEECHOCEAN} or vctk-p239-mini not found (shared data sits beside the repository)")
     import yaml
 
     config = yaml.safe_load((REPO / f"conf/{env}/parameters.yml").read_text())
     source = config["accent"]["source"]
-    for part in source["parts"]:  # the env's paths are relative to the project root
+    for part in source["parts"] + source["replay"]["sets"]:  # the env's paths are relative to the project root
         part["path"] = str(REPO / part["path"])
     raw = load_source(source, config["accent"]["split"], {"root": str(tmp_path / "data")}, "accent")
-    assert len(raw) == rows and raw["speaker"].nunique() == speakers
+    replayed = raw[raw["replay_set"].notna()]
+    # 150 sentences of one native speaker (VCTK p239) replayed into training: real general speech
+    assert list(replayed["replay_set"].unique()) == ["vctk-p239"] and len(replayed) == 150
+    corpus = raw[raw["replay_set"].isna()]
+    assert len(corpus) == rows and corpus["speaker"].nunique() == speakers
     assert raw.groupby("speaker")["given_split"].nunique().max() == 1
     assert raw["text"].str.match(r"^[A-Z][^A-Z]*$").mean() > 0.9  # sentence case (5% hold the word "I")
 
